@@ -1,0 +1,15 @@
+"""Label assignment: which gt, if any, each anchor point learns from.
+
+Every assigner is a pure function with the same form,
+    assign(points, strides, cls_logits, pred_boxes, gt_boxes, gt_labels, gt_mask, **knobs) -> AssignResult
+under no_grad and in float32, so they are swappable by name (ASSIGNERS) and testable alone.
+Target convention (matched): gt index >= 0, -1 background, -2 ignore.
+"""
+
+from ._types import BACKGROUND, IGNORE, AssignResult
+from .ota import ota
+from .sinkhorn import sinkhorn
+
+__all__ = ["ASSIGNERS", "AssignResult", "BACKGROUND", "IGNORE", "ota", "sinkhorn"]
+
+ASSIGNERS = {"ota": ota}

@@ -1,0 +1,118 @@
+"""The `otadet` command: a thin layer over Detector's methods (Ultralytics' style).
+
+    otadet MODE key=value ...      MODE: train | val | predict | export | cfg | help | version
+
+Values are parsed as YAML scalars/lists (epochs=3 -> int, val=false -> bool, imgsz=[640,800]
+-> list) and checked against cfg/default.yaml, whose defaults give every key's type.
+"""
+
+import sys
+
+import yaml
+
+__all__ = ["main", "parse_overrides"]
+
+MODES = ("train", "val", "predict", "export")
+
+HELP = """\
+otadet — train, validate, run and export OTA object detectors.
+
+Usage:  otadet MODE key=value ...
+
+  otadet train   model=ota_tiny.yaml data=shapes.yaml epochs=8
+  otadet val     model=runs/train/exp/weights/best.pt data=shapes.yaml
+  otadet predict model=runs/train/exp/weights/best.pt source=images/
+  otadet export  model=runs/train/exp/weights/best.pt format=onnx
+  otadet cfg     # every key with its default (cfg/default.yaml)
+  otadet version
+
+Without model=, val/predict/export use the newest runs/train/*/weights/best.pt and train uses
+ota_tiny.yaml. Models: {models}. Datasets: {datasets}.
+"""
+
+
+class UsageError(ValueError):
+    pass
+
+
+def parse_overrides(tokens: list[str]) -> dict:
+    """['epochs=3', 'imgsz=[640,800]'] -> {'epochs': 3, 'imgsz': [640, 800]}."""
+    out = {}
+    for token in tokens:
+        key, sep, value = token.partition("=")
+        if not sep or not key:
+            raise UsageError(f"argument '{token}' is not key=value (e.g. epochs=3); see `otadet help`")
+        key = key.strip().lstrip("-").replace("-", "_")
+        try:
+            parsed = yaml.safe_load(value) if value != "" else None
+        except yaml.YAMLError:
+            parsed = value
+        # A bare comma list like device=0,1 stays a string; YAML turns other things into str anyway.
+        out[key] = parsed
+    return out
+
+
+def _help() -> str:
+    from .utils.paths import asset_dir
+
+    models = ", ".join(sorted(p.name for p in asset_dir("cfg").glob("ota_*.yaml")))
+    datasets = ", ".join(sorted(p.name for p in asset_dir("data").glob("*.yaml")))
+    return HELP.format(models=models, datasets=datasets)
+
+
+def run(argv: list[str]) -> int:
+    if not argv or argv[0] in ("help", "-h", "--help"):
+        print(_help())
+        return 0
+    mode, rest = argv[0], argv[1:]
+    if mode in ("version", "--version"):
+        from . import __version__
+
+        print(__version__)
+        return 0
+    if mode == "cfg":
+        from .utils.paths import asset_dir
+
+        print((asset_dir("cfg") / "default.yaml").read_text())
+        return 0
+    if mode not in MODES:
+        import difflib
+
+        close = difflib.get_close_matches(mode, [*MODES, "cfg", "help", "version"], n=1)
+        hint = f" — did you mean '{close[0]}'?" if close else ""
+        raise UsageError(f"unknown mode '{mode}'{hint}; modes: {', '.join(MODES)}, cfg, help, version")
+
+    from .engine.model import Detector
+
+    overrides = parse_overrides(rest)
+    model = overrides.pop("model", None)
+    if mode == "train" and model is None:
+        model = "ota_tiny.yaml"
+        print("otadet train: no model= given, using ota_tiny.yaml", file=sys.stderr)
+    if mode == "predict":
+        overrides.setdefault("save", True)  # the CLI writes annotated images by default
+    detector = Detector(model, verbose=mode == "train")
+    if mode == "train":
+        detector.train(**overrides)
+    elif mode == "val":
+        detector.val(**overrides)
+    elif mode == "predict":
+        detector.predict(**overrides)
+    else:
+        path = detector.export(**overrides)
+        print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import ConfigError
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return run(argv)
+    except (UsageError, ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"otadet: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("otadet: interrupted", file=sys.stderr)
+        return 130

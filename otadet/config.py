@@ -1,0 +1,270 @@
+"""Configuration: the model YAML schema and the run arguments, validated once at the edge.
+
+Two sources, one rule each:
+- A model YAML (cfg/ota_*.yaml) is checked against the frozen dataclasses below. Assigner
+  knobs are checked against the assigner function's own keyword-only signature, so the
+  paper's defaults live in exactly one place (the function).
+- Run arguments (train/val/predict/export) come from cfg/default.yaml, which holds every key
+  and its default; a value's type is its default's type. A model YAML may carry a `train:`
+  mapping of run-argument defaults for that model (e.g. a CPU-sized image size).
+Unknown keys fail with the closest valid names (difflib), wrong types name key and type.
+"""
+
+import dataclasses
+import difflib
+import inspect
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .assign import ASSIGNERS
+from .models.backbone import ARCHS, NORMS
+from .utils.paths import asset_dir, find_asset
+
+__all__ = [
+    "BackboneConfig",
+    "FPNConfig",
+    "HeadConfig",
+    "LossConfig",
+    "ModelConfig",
+    "ConfigError",
+    "load_model_config",
+    "model_config_from_dict",
+    "default_args",
+    "make_args",
+    "check_keys",
+    "read_yaml",
+]
+
+
+class ConfigError(ValueError):
+    """A config file or argument is wrong; the message names the key/file and the fix."""
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value at the top level, got {type(data).__name__}")
+    return data
+
+
+def check_keys(given: dict, valid: list[str] | set[str], where: str) -> None:
+    """Raise on keys not in `valid`, suggesting the nearest valid names (Ultralytics' check_dict_alignment)."""
+    unknown = [k for k in given if k not in valid]
+    if not unknown:
+        return
+    lines = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), list(valid), n=3, cutoff=0.5)
+        hint = f" — did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        lines.append(f"{where}: unknown key '{key}'{hint}")
+    lines.append(f"valid keys: {', '.join(sorted(valid))}")
+    raise ConfigError("\n".join(lines))
+
+
+# ----------------------------------------------------------------------------- model schema
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    arch: str = "resnet50"  # one of models.backbone.ARCHS
+    norm: str = "frozen_bn"  # frozen_bn (pretrained recipe) | bn (from scratch)
+    freeze_at: int = 2  # 0 none, 1 stem, 2 stem + res2 (detectron2)
+    pretrained: str | None = None  # local torchvision state-dict file; never downloaded
+
+
+@dataclass(frozen=True)
+class FPNConfig:
+    channels: int = 256
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    channels: int = 256  # must equal fpn.channels
+    num_convs: int = 4
+    gn_groups: int = 32
+    prior_prob: float = 0.01
+    reg_activation: str = "relu"  # relu | exp
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    giou_weight: float = 2.0
+    iou_branch_weight: float = 0.5
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "ota"
+    num_classes: int = 80
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn: FPNConfig = field(default_factory=FPNConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    # Assigner name and knob overrides; the defaults are the function's (otadet.assign).
+    assigner: dict = field(default_factory=lambda: {"name": "ota"})
+    loss: LossConfig = field(default_factory=LossConfig)
+    # Run-argument defaults for this model (keys of cfg/default.yaml), e.g. imgsz, batch.
+    train: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {"backbone": BackboneConfig, "fpn": FPNConfig, "head": HeadConfig, "loss": LossConfig}
+
+
+def _check_type(value: Any, expected: Any, key: str, where: str) -> Any:
+    """Validate one value against a field's type (a class or a `X | None` union); ints pass as floats."""
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) and expected in (int, float):
+        raise ConfigError(f"{where}: '{key}' must be {expected.__name__}, got {value!r}")
+    if not isinstance(value, expected):
+        name = getattr(expected, "__name__", str(expected))
+        raise ConfigError(f"{where}: '{key}' must be {name}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def model_config_from_dict(data: dict, where: str = "model config") -> ModelConfig:
+    """Validate a plain dict (from a YAML or a checkpoint) into a ModelConfig."""
+    check_keys(data, {f.name for f in dataclasses.fields(ModelConfig)}, where)
+    kwargs = {}
+    for key, value in data.items():
+        if key in _SECTIONS:
+            cls = _SECTIONS[key]
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: '{key}' must be a mapping, got {value!r}")
+            fields = {f.name: f for f in dataclasses.fields(cls)}
+            check_keys(value, fields, f"{where}: {key}")
+            kwargs[key] = cls(**{k: _check_type(v, fields[k].type, f"{key}.{k}", where) for k, v in value.items()})
+        elif key == "assigner":
+            kwargs[key] = _check_assigner(value, where)
+        elif key == "train":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: 'train' must be a mapping of run arguments, got {value!r}")
+            kwargs[key] = _check_run_args(value, f"{where}: train")
+        else:
+            field_type = {f.name: f.type for f in dataclasses.fields(ModelConfig)}[key]
+            kwargs[key] = _check_type(value, field_type, key, where)
+    cfg = ModelConfig(**kwargs)
+    if cfg.backbone.arch not in ARCHS:
+        check_keys({cfg.backbone.arch: 0}, ARCHS, f"{where}: backbone.arch")
+    if cfg.backbone.norm not in NORMS:
+        check_keys({cfg.backbone.norm: 0}, NORMS, f"{where}: backbone.norm")
+    if cfg.head.channels != cfg.fpn.channels:
+        raise ConfigError(f"{where}: head.channels ({cfg.head.channels}) must equal fpn.channels ({cfg.fpn.channels})")
+    return cfg
+
+
+def _check_assigner(value: Any, where: str) -> dict:
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: 'assigner' must be a name or a mapping with 'name' and knobs, got {value!r}")
+    value = dict(value)
+    name = value.get("name", "ota")
+    if name not in ASSIGNERS:
+        check_keys({name: 0}, ASSIGNERS, f"{where}: assigner.name")
+    params = {
+        p.name: p.default
+        for p in inspect.signature(ASSIGNERS[name]).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    knobs = {k: v for k, v in value.items() if k != "name"}
+    check_keys(knobs, params, f"{where}: assigner ({name})")
+    for key, v in knobs.items():
+        knobs[key] = _check_type(v, type(params[key]), f"assigner.{key}", where)
+    return {"name": name, **knobs}
+
+
+def load_model_config(name_or_path: str | os.PathLike) -> ModelConfig:
+    """Read a model YAML given as a path or as a name shipped in cfg/ (e.g. 'ota_r50.yaml')."""
+    path = find_asset(name_or_path, "cfg")
+    if path is None:
+        shipped = sorted(p.name for p in asset_dir("cfg").glob("ota_*.yaml"))
+        raise FileNotFoundError(
+            f"model YAML '{name_or_path}' not found (looked at {Path(name_or_path).resolve()} and "
+            f"{asset_dir('cfg')}); shipped models: {', '.join(shipped)}"
+        )
+    data = read_yaml(path)
+    data.setdefault("name", path.stem)
+    return model_config_from_dict(data, where=str(path))
+
+
+# ----------------------------------------------------------------------------- run arguments
+
+# Keys whose default (often None) does not show every type they take.
+_EXTRA_TYPES: dict[str, tuple[type, ...]] = {
+    "imgsz": (int, list),  # one size, or a list for multi-scale training
+    "device": (str, int),  # 'cpu', 0, '0', 'cuda:0'
+    "source": (str, list),
+    "conf": (float,),
+    "workers": (int,),
+}
+
+
+def default_args() -> dict:
+    """Every run argument and its default, from cfg/default.yaml."""
+    return read_yaml(asset_dir("cfg") / "default.yaml")
+
+
+def _check_run_args(given: dict, where: str) -> dict:
+    defaults = default_args()
+    check_keys(given, defaults, where)
+    out = {}
+    for key, value in given.items():
+        default = defaults[key]
+        allowed = _EXTRA_TYPES.get(key) or ((type(default),) if default is not None else None)
+        if value is None or allowed is None:
+            out[key] = value
+            continue
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+            names = " or ".join(t.__name__ for t in allowed)
+            raise ConfigError(f"{where}: '{key}' must be {names}, got {type(value).__name__} {value!r}")
+        out[key] = value
+    return out
+
+
+def make_args(overrides: dict, *, model_defaults: dict | None = None, where: str = "arguments") -> "Args":
+    """Resolve run arguments. Precedence: {**default.yaml, **model YAML 'train:', **overrides}."""
+    resolved = {**default_args(), **(model_defaults or {}), **_check_run_args(overrides, where)}
+    return Args(**resolved)
+
+
+class Args:
+    """Resolved run arguments: attribute access, immutable, with every key of cfg/default.yaml."""
+
+    __slots__ = ("__dict__",)
+
+    def __init__(self, **values):
+        object.__setattr__(self, "__dict__", dict(values))
+
+    def __setattr__(self, key, value):
+        raise AttributeError("Args are immutable; use args.replace(key=value)")
+
+    def __getattr__(self, key):
+        close = difflib.get_close_matches(key, list(self.__dict__), n=3)
+        raise AttributeError(f"no argument '{key}'" + (f" — did you mean {close}?" if close else ""))
+
+    def replace(self, **changes) -> "Args":
+        return Args(**{**self.__dict__, **changes})
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def __repr__(self) -> str:
+        return "Args(" + ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items()) + ")"

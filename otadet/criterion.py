@@ -1,0 +1,86 @@
+"""The training objective: assign targets (OTA or a baseline), then the paper's three losses.
+
+    L = focal(cls, all non-ignored anchors) + 2 * GIoU(boxes, positives) + 0.5 * BCE(iou branch, positives)
+
+each divided by the number of positives, averaged over ranks and clamped >= 1 (DETR's
+num_boxes), as the official OTA code. Shapes: B=batch, A=anchor points, G=gts, C=classes.
+"""
+
+from functools import partial
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+
+from .assign import ASSIGNERS, IGNORE, AssignResult
+from .config import ModelConfig
+from .models.detector import DenseOutputs
+from .utils.dist import all_reduce_mean
+
+__all__ = ["OTACriterion", "build_criterion"]
+
+
+class OTACriterion:
+    """Callable: (outputs, gt_boxes, gt_labels, gt_mask) -> (loss, loss_items, assign_stats)."""
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        assigner: Callable[..., AssignResult],
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        giou_weight: float = 2.0,
+        iou_branch_weight: float = 0.5,
+    ):
+        self.num_classes = num_classes
+        self.assigner = assigner
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.giou_weight = giou_weight
+        self.iou_branch_weight = iou_branch_weight
+
+    def __call__(
+        self, outputs: DenseOutputs, gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        cls_logits, boxes, iou_logits = outputs.cls_logits, outputs.boxes, outputs.iou_logits
+        targets = self.assigner(
+            outputs.points, outputs.strides, cls_logits.detach(), boxes.detach(), gt_boxes, gt_labels, gt_mask
+        )
+        positive = targets.matched >= 0  # (B, A)
+        # Normaliser: positives averaged over ranks, at least 1.
+        num_pos = all_reduce_mean(positive.sum().float()).clamp(min=1.0)
+
+        # One-hot over C+1 then drop the background column: background rows are all zero.
+        cls_targets = F.one_hot(targets.labels, self.num_classes + 1)[..., :-1].to(cls_logits.dtype)  # (B, A, C)
+        valid = targets.matched != IGNORE  # (B, A)
+        loss_cls = sigmoid_focal_loss(
+            cls_logits[valid].float(), cls_targets[valid].float(), self.focal_alpha, self.focal_gamma, reduction="sum"
+        )
+        loss_box = generalized_box_iou_loss(
+            boxes[positive].float(), targets.box_targets[positive], reduction="sum"
+        )  # GIoU is scale-invariant, so stride-normalising the targets would change nothing
+        loss_iou = F.binary_cross_entropy_with_logits(
+            iou_logits[positive].float(), targets.iou_targets[positive], reduction="sum"
+        )
+        loss_cls = loss_cls / num_pos
+        loss_box = self.giou_weight * loss_box / num_pos
+        loss_iou = self.iou_branch_weight * loss_iou / num_pos
+        loss = loss_cls + loss_box + loss_iou
+        items = {"cls": loss_cls.detach(), "box": loss_box.detach(), "iou": loss_iou.detach()}
+        return loss, items, targets.stats
+
+
+def build_criterion(cfg: ModelConfig, num_classes: int) -> OTACriterion:
+    knobs = dict(cfg.assigner)
+    assigner = partial(ASSIGNERS[knobs.pop("name")], **knobs)
+    return OTACriterion(
+        num_classes=num_classes,
+        assigner=assigner,
+        focal_alpha=cfg.loss.focal_alpha,
+        focal_gamma=cfg.loss.focal_gamma,
+        giou_weight=cfg.loss.giou_weight,
+        iou_branch_weight=cfg.loss.iou_branch_weight,
+    )

@@ -1,0 +1,243 @@
+"""Dataset YAMLs (data/*.yaml): where a dataset's images and COCO annotation files are.
+
+A data YAML is a flat mapping with exactly the keys of `DataYaml`:
+
+    format: coco                      # the only format so far
+    path: coco                        # dataset root; relative -> next to the YAML, then $OTADET_DATASETS
+    builtin: shapes                   # optional: generated on first use into cache_dir()/<path>
+    generate: {seed: 0}               # optional, builtin only: settings for the generator
+    train: train2017                  # image folders and annotation files, relative to the root
+    val: val2017
+    train_annotations: annotations/instances_train2017.json
+    val_annotations: annotations/instances_val2017.json
+    names: [person, ...]              # optional: else the categories of the annotation json
+    download: [http://...]            # optional metadata for the error message; never fetched
+
+`load_data(name_or_path)` validates it once and returns a resolved `DataSpec`.
+"""
+
+import dataclasses
+import difflib
+import json
+import os
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from ..utils.log import LOGGER
+from ..utils.paths import asset_dir, cache_dir, find_asset
+from .shapes import ShapesConfig, generate_shapes, generator_settings
+
+__all__ = ["DataError", "DataYaml", "DataSpec", "load_data", "datasets_dir"]
+
+Split = Literal["train", "val"]
+
+
+class DataError(ValueError):
+    """A data YAML is wrong; the message names the file, the key and the fix."""
+
+
+@dataclass(frozen=True)
+class DataYaml:
+    """The schema of a data YAML: its keys, their types, which are required (no default)."""
+
+    format: str
+    path: str
+    train: str
+    val: str
+    train_annotations: str
+    val_annotations: str
+    builtin: str | None = None  # 'shapes'
+    generate: dict | None = None  # ShapesConfig fields, builtin only
+    names: list | None = None  # class names, index = contiguous label
+    download: str | list | None = None  # URLs shown when the dataset is missing
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A dataset resolved to existing paths; `names[label]` is the class of contiguous label."""
+
+    yaml_file: Path
+    format: str
+    root: Path
+    train_images: Path
+    val_images: Path
+    train_annotations: Path
+    val_annotations: Path
+    names: list[str]
+    builtin: str | None
+
+    def images(self, split: Split) -> Path:
+        """The image folder of 'train' or 'val'."""
+        return {"train": self.train_images, "val": self.val_images}[split]
+
+    def annotations(self, split: Split) -> Path:
+        """The COCO json of 'train' or 'val'."""
+        return {"train": self.train_annotations, "val": self.val_annotations}[split]
+
+
+_BUILTINS = {"shapes": ShapesConfig}
+
+
+def datasets_dir() -> Path:
+    """Where relative dataset paths are looked up: $OTADET_DATASETS or ~/datasets."""
+    return Path(os.environ.get("OTADET_DATASETS") or Path.home() / "datasets").expanduser()
+
+
+def _unknown_keys(given: dict, valid: list[str], where: str) -> None:
+    unknown = [key for key in given if key not in valid]
+    if not unknown:
+        return
+    lines = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
+        hint = f" — did you mean '{close[0]}'?" if close else ""
+        lines.append(f"{where}: unknown key '{key}'{hint}")
+    lines.append(f"valid keys: {', '.join(valid)}")
+    raise DataError("\n".join(lines))
+
+
+def _parse(raw: dict, where: str) -> DataYaml:
+    """Check keys and types against `DataYaml`'s fields."""
+    fields = dataclasses.fields(DataYaml)
+    _unknown_keys(raw, [f.name for f in fields], where)
+    hints = typing.get_type_hints(DataYaml)
+    for f in fields:
+        required = f.default is dataclasses.MISSING
+        if f.name not in raw or raw[f.name] is None:
+            if required:
+                raise DataError(f"{where}: missing required key '{f.name}'")
+            continue
+        allowed = tuple(t for t in typing.get_args(hints[f.name]) if t is not type(None)) or (hints[f.name],)
+        if not isinstance(raw[f.name], allowed):
+            names = " or ".join(t.__name__ for t in allowed)
+            raise DataError(f"{where}: '{f.name}' must be {names}, got {type(raw[f.name]).__name__} {raw[f.name]!r}")
+    return DataYaml(**raw)
+
+
+def _download_hint(data: DataYaml) -> str:
+    urls = [data.download] if isinstance(data.download, str) else list(data.download or [])
+    return f"download and unzip {', '.join(urls)}" if urls else "put the dataset there"
+
+
+def _resolve_root(data: DataYaml, yaml_file: Path, where: str) -> Path:
+    """Absolute `path:` as is; a builtin's under the cache; else next to the YAML, then $OTADET_DATASETS."""
+    path = Path(data.path).expanduser()
+    if path.is_absolute():
+        candidates = [path]
+    elif data.builtin is not None:
+        return cache_dir() / path
+    else:
+        candidates = [yaml_file.parent / path, datasets_dir() / path]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    looked = " and ".join(str(c) for c in candidates)
+    raise FileNotFoundError(
+        f"{where}: dataset folder '{data.path}' not found (looked at {looked}) — "
+        f"{_download_hint(data)} into {candidates[-1]}, or set $OTADET_DATASETS or 'path:' in {yaml_file}"
+    )
+
+
+def _ensure_builtin(data: DataYaml, root: Path, where: str) -> None:
+    """Generate a builtin dataset on first use; refuse a cache made with other settings."""
+    if data.builtin not in _BUILTINS:
+        raise DataError(f"{where}: unknown builtin '{data.builtin}' — valid: {', '.join(_BUILTINS)}")
+    settings = dict(data.generate or {})
+    schema = [f.name for f in dataclasses.fields(_BUILTINS[data.builtin])]
+    _unknown_keys(settings, schema, f"{where}: generate")
+    try:
+        wanted = generator_settings(ShapesConfig(**settings))
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{where}: generate: {e}") from e
+    record = root / "generate.json"
+    if root.exists():
+        found = json.loads(record.read_text()) if record.is_file() else None
+        if found != wanted:
+            raise DataError(
+                f"{where}: the cached dataset {root} was made with other settings "
+                f"({found if found is not None else 'no generate.json'}) than {wanted} — "
+                f"delete {root} or change 'path:' to generate it again"
+            )
+        return
+    start = time.perf_counter()
+    generate_shapes(root, **settings)
+    LOGGER.info(f"Generated the built-in '{data.builtin}' dataset in {root} ({time.perf_counter() - start:.1f}s)")
+
+
+def _names_from_json(ann_file: Path) -> list[str]:
+    with open(ann_file, encoding="utf-8") as f:
+        categories = json.load(f).get("categories", [])
+    return [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
+
+
+def load_data(name_or_path: str | os.PathLike, *, require: tuple[Split, ...] = ("train", "val")) -> DataSpec:
+    """Read and validate a data YAML (a path, or a name shipped in data/) into a `DataSpec`.
+
+    The paths of each split in `require` must exist (a builtin dataset is generated first);
+    pass require=("val",) to evaluate without the training images.
+    Raises DataError for a malformed YAML, FileNotFoundError for a missing dataset.
+    """
+    yaml_file = find_asset(name_or_path, "data")
+    if yaml_file is None:
+        shipped = sorted(p.stem for p in asset_dir("data").glob("*.yaml"))
+        raise FileNotFoundError(
+            f"data '{name_or_path}': no such file, and no data YAML of that name in {asset_dir('data')} "
+            f"(shipped: {', '.join(shipped) or 'none'}) — pass the path of a data YAML"
+        )
+    yaml_file = yaml_file.resolve()
+    where = str(yaml_file)
+    try:
+        raw = yaml.safe_load(yaml_file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise DataError(f"{where}: not valid YAML ({e})") from e
+    if not isinstance(raw, dict):
+        raise DataError(f"{where}: expected a mapping of key: value at the top level")
+    data = _parse(raw, where)
+    if data.format != "coco":
+        raise DataError(f"{where}: format '{data.format}' is not supported — use 'coco' (COCO json annotations)")
+    if data.generate is not None and data.builtin is None:
+        raise DataError(f"{where}: 'generate' is only for builtin datasets — remove it or set 'builtin:'")
+
+    root = _resolve_root(data, yaml_file, where)
+    if data.builtin is not None:
+        _ensure_builtin(data, root, where)
+    paths = {
+        "train": root / data.train,
+        "val": root / data.val,
+        "train_annotations": root / data.train_annotations,
+        "val_annotations": root / data.val_annotations,
+    }
+    for split in require:
+        for key, is_ok in ((split, Path.is_dir), (f"{split}_annotations", Path.is_file)):
+            if not is_ok(paths[key]):
+                raise FileNotFoundError(
+                    f"{where}: '{key}' path {paths[key]} does not exist — {_download_hint(data)} into {root}, "
+                    f"or fix '{key}:'"
+                )
+
+    if data.names is not None:
+        if not data.names or not all(isinstance(n, str) for n in data.names):
+            raise DataError(f"{where}: 'names' must be a non-empty list of class names (strings)")
+        names = list(data.names)
+    else:
+        found = [paths[key] for key in ("val_annotations", "train_annotations") if paths[key].is_file()]
+        source = found[0] if found else None
+        if source is None:
+            raise DataError(f"{where}: no 'names' and no annotation file to read the categories from — add 'names:'")
+        names = _names_from_json(source)
+    return DataSpec(
+        yaml_file=yaml_file,
+        format=data.format,
+        root=root,
+        train_images=paths["train"],
+        val_images=paths["val"],
+        train_annotations=paths["train_annotations"],
+        val_annotations=paths["val_annotations"],
+        names=names,
+        builtin=data.builtin,
+    )

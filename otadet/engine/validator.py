@@ -1,0 +1,238 @@
+"""Validation: dense outputs -> NMS -> COCO results in original-image pixels -> pycocotools COCOeval.
+
+`validate` is what the trainer calls every epoch and `Detector.val` calls once; `coco_evaluate`
+is the pycocotools wrapper both use. Shapes: B=batch, A=anchor points, C=classes, N=detections.
+"""
+
+import contextlib
+import io
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch import nn
+from tqdm import tqdm
+
+from ..postprocess import dense_scores, nms
+from ..utils.log import LOGGER
+
+__all__ = ["METRIC_KEYS", "coco_evaluate", "validate", "input_sizes"]
+
+# COCOeval.stats[0..11], in order.
+METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+_TABLE_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def _run_cocoeval(coco_gt: COCO, detections: list[dict], image_ids: list[int] | None, verbose: bool) -> COCOeval | None:
+    """COCOeval (bbox) after evaluate/accumulate/summarize, or None when there is nothing to load."""
+    if not detections:
+        return None
+    unknown = {d["image_id"] for d in detections} - set(coco_gt.getImgIds())
+    if unknown:
+        raise ValueError(
+            f"detections refer to image ids {sorted(unknown)[:10]} that are not in the ground truth "
+            "(pycocotools would assert) — evaluate against the annotation file the images came from"
+        )
+    sink = sys.stdout if verbose else io.StringIO()  # pycocotools prints its progress and summary
+    with contextlib.redirect_stdout(sink):
+        # loadRes adds keys (area, id, iscrowd, segmentation) to the dicts it gets: give it copies.
+        coco_dt = coco_gt.loadRes([dict(d) for d in detections])
+        evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted(image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator
+
+
+def coco_evaluate(
+    coco_gt: COCO, detections: list[dict], *, image_ids: list[int] | None = None, verbose: bool = True
+) -> dict[str, float]:
+    """pycocotools bbox metrics of COCO `detections` ({image_id, category_id, bbox xywh, score}).
+
+    Evaluates on `image_ids` (default: every image of `coco_gt`). Returns the 12 floats of
+    COCOeval.stats under METRIC_KEYS (AP = AP@[.5:.95]); all zeros when there are no detections
+    (pycocotools cannot load an empty result list). Prints COCOeval's summary only if verbose.
+    """
+    evaluator = _run_cocoeval(coco_gt, detections, image_ids, verbose)
+    if evaluator is None:
+        return {key: 0.0 for key in METRIC_KEYS}
+    return {key: float(value) for key, value in zip(METRIC_KEYS, evaluator.stats)}
+
+
+def _per_class(evaluator: COCOeval) -> dict[int, dict[str, float]]:
+    """COCO category id -> AP, AP50, AP75, APs, APm, APl of that class (nan where it has no gts)."""
+    precision = evaluator.eval["precision"]  # (T, R, K, areas, max_dets), -1 where undefined
+    iou_thrs = evaluator.params.iouThrs
+    t50, t75 = int(np.argmin(np.abs(iou_thrs - 0.5))), int(np.argmin(np.abs(iou_thrs - 0.75)))
+
+    def mean(p: np.ndarray) -> float:
+        p = p[p > -1]
+        return float(p.mean()) if p.size else math.nan
+
+    out = {}
+    for k, cat_id in enumerate(evaluator.params.catIds):
+        p = precision[:, :, k, :, -1]  # (T, R, areas) at maxDets=100
+        out[cat_id] = {
+            "AP": mean(p[:, :, 0]),
+            "AP50": mean(p[t50, :, 0]),
+            "AP75": mean(p[t75, :, 0]),
+            "APs": mean(p[:, :, 1]),
+            "APm": mean(p[:, :, 2]),
+            "APl": mean(p[:, :, 3]),
+        }
+    return out
+
+
+def input_sizes(orig_sizes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """(B, 2) original (h, w) and (B,) resize factors -> (B, 2) unpadded input (h, w).
+
+    Rounds as transforms.Resize does (round half to even, at least 1), in float64.
+    """
+    return torch.round(orig_sizes.double() * scales.double()[:, None]).clamp(min=1)  # (B, 2)
+
+
+def _sync(device: torch.device) -> float:
+    """Wall time after the device has finished its queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _format_row(name: str, images: int, instances: int, values: dict[str, float]) -> str:
+    # '-' where COCOeval has no value (nan per class, -1 overall: no gts of that size).
+    cells = "".join(f"{f'{values[k]:.3f}' if values[k] >= 0 else '-':>8}" for k in _TABLE_KEYS)
+    return f"{name:>22}{images:>10}{instances:>11}{cells}"
+
+
+@torch.no_grad()
+def validate(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    *,
+    conf: float = 0.05,
+    iou: float = 0.6,
+    max_det: int = 100,
+    pre_nms_topk: int = 1000,
+    device: torch.device,
+    names: list[str] | dict[int, str],
+    save_json: Path | None = None,
+    verbose: bool = True,
+) -> dict:
+    """COCO bbox metrics of `model` (already on `device`) over `loader` (a CocoDetection loader).
+
+    Per batch: model -> dense_scores -> nms (clipped to each unpadded input), boxes mapped back
+    to the annotation file's pixels, then COCOeval on the images seen. Prints a table (per
+    class too if verbose) and the speed. Returns METRIC_KEYS floats, 'per_class'
+    {name: AP}, 'images', 'instances' and 'speed' {preprocess, inference, postprocess} in ms
+    per image. `save_json` writes the COCO results list there.
+    """
+    dataset = loader.dataset
+    if not (hasattr(dataset, "coco") and hasattr(dataset, "cat_ids")):
+        raise TypeError(
+            f"validate needs a loader over a CocoDetection dataset (with .coco and .cat_ids), got {type(dataset).__name__}; "
+            "build it with otadet.datasets.loader.build_dataloader"
+        )
+    coco_gt: COCO = dataset.coco
+    cat_ids = torch.as_tensor(dataset.cat_ids, dtype=torch.float64)  # contiguous label -> COCO category id
+    names = dict(enumerate(names)) if not isinstance(names, dict) else names
+    was_training = model.training
+    model.eval()
+
+    results: list[dict] = []
+    seen: set[int] = set()  # image ids evaluated; an unreadable file makes the dataset repeat the next image
+    times = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
+    bar = tqdm(loader, desc="val", bar_format="{l_bar}{bar:20}{r_bar}", leave=False)
+    start = time.perf_counter()
+    try:
+        for batch in bar:
+            batch = batch.to(device)
+            t_pre = _sync(device)
+            outputs = model(batch.images)
+            t_infer = _sync(device)
+            scores = dense_scores(outputs.cls_logits, outputs.iou_logits)  # (B, A, C)
+            sizes = input_sizes(batch.orig_sizes, batch.scales)  # (B, 2) h, w
+            detections = nms(
+                outputs.boxes, scores, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk,
+                image_sizes=sizes.to(outputs.boxes.dtype),
+            )  # fmt: skip
+            for k, dets in enumerate(detections):
+                image_id = int(batch.image_ids[k])
+                if image_id in seen:
+                    continue
+                seen.add(image_id)
+                info = coco_gt.imgs[image_id]
+                # Input pixels -> annotation pixels by the exact per-axis ratio (the resize rounds
+                # each side; the json size also covers a file whose size differs from the json).
+                h, w = sizes[k].tolist()
+                ratio = torch.tensor([info["width"] / w, info["height"] / h] * 2, dtype=torch.float64)
+                dets = dets.double().cpu()  # (N, 6)
+                xyxy = dets[:, :4] * ratio  # (N, 4)
+                xywh = torch.cat((xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]), 1)  # (N, 4) COCO top-left x, y, w, h
+                categories = cat_ids[dets[:, 5].long()]  # (N,)
+                results += [
+                    {"image_id": image_id, "category_id": int(c), "bbox": [round(v, 3) for v in box], "score": round(s, 5)}
+                    for box, s, c in zip(xywh.tolist(), dets[:, 4].tolist(), categories.tolist())
+                ]
+            t_post = time.perf_counter()
+            times["preprocess"] += t_pre - start
+            times["inference"] += t_infer - t_pre
+            times["postprocess"] += t_post - t_infer
+            start = time.perf_counter()
+    finally:
+        bar.close()
+        model.train(was_training)
+
+    image_ids = sorted(seen)
+    num_images = len(image_ids)
+    speed = {k: 1000 * v / max(num_images, 1) for k, v in times.items()}
+    if save_json is not None:
+        save_json = Path(save_json)
+        save_json.parent.mkdir(parents=True, exist_ok=True)
+        save_json.write_text(json.dumps(results))
+        LOGGER.info(f"{len(results)} detections saved to {save_json}")
+
+    gt = [coco_gt.anns[a] for a in coco_gt.getAnnIds(imgIds=image_ids, iscrowd=False)] if num_images else []
+    instances = {c: 0 for c in dataset.cat_ids}  # COCO category id -> gts in the images seen
+    images_with: dict[int, set[int]] = {c: set() for c in dataset.cat_ids}
+    for ann in gt:
+        instances[ann["category_id"]] += 1
+        images_with[ann["category_id"]].add(ann["image_id"])
+
+    evaluator = _run_cocoeval(coco_gt, results, image_ids, verbose) if num_images else None
+    if evaluator is None:  # no detections at all: every class with gts scores 0
+        metrics = {key: 0.0 for key in METRIC_KEYS}
+        per_class = {c: {k: 0.0 for k in _TABLE_KEYS} for c, n in instances.items() if n}
+    else:
+        metrics = {key: float(value) for key, value in zip(METRIC_KEYS, evaluator.stats)}
+        per_class = _per_class(evaluator)
+
+    LOGGER.info(f"{'Class':>22}{'Images':>10}{'Instances':>11}" + "".join(f"{k:>8}" for k in _TABLE_KEYS))
+    LOGGER.info(_format_row("all", num_images, len(gt), metrics))
+    if verbose:
+        nan_row = {k: math.nan for k in _TABLE_KEYS}
+        for label, cat_id in enumerate(dataset.cat_ids):
+            row = per_class.get(cat_id, nan_row)
+            LOGGER.info(_format_row(str(names.get(label, label)), len(images_with[cat_id]), instances[cat_id], row))
+    LOGGER.info(
+        f"Speed: {speed['preprocess']:.1f}ms preprocess, {speed['inference']:.1f}ms inference, "
+        f"{speed['postprocess']:.1f}ms postprocess per image ({num_images} images)"
+    )
+    return {
+        **metrics,
+        "per_class": {
+            str(names.get(label, label)): per_class[cat_id]["AP"]
+            for label, cat_id in enumerate(dataset.cat_ids)
+            if instances[cat_id] and cat_id in per_class
+        },
+        "images": num_images,
+        "instances": len(gt),
+        "speed": speed,
+    }

@@ -1,0 +1,28 @@
+"""build_detector: the only code that turns a model config into modules."""
+
+from ..config import ModelConfig
+from .backbone import ResNetBackbone
+from .detector import STRIDES, OTADetector, build_fpn
+from .head import OTAHead
+
+__all__ = ["build_detector"]
+
+
+def build_detector(cfg: ModelConfig, num_classes: int | None = None) -> OTADetector:
+    """Network for `cfg`; `num_classes` (from the dataset) overrides cfg.num_classes."""
+    num_classes = num_classes or cfg.num_classes
+    backbone = ResNetBackbone(
+        arch=cfg.backbone.arch, norm=cfg.backbone.norm, freeze_at=cfg.backbone.freeze_at, pretrained=cfg.backbone.pretrained
+    )
+    head = OTAHead(
+        in_channels=cfg.fpn.channels,
+        num_classes=num_classes,
+        num_levels=len(STRIDES),
+        num_convs=cfg.head.num_convs,
+        gn_groups=cfg.head.gn_groups,
+        prior_prob=cfg.head.prior_prob,
+        reg_activation=cfg.head.reg_activation,
+    )
+    return OTADetector(
+        backbone=backbone, fpn=build_fpn(backbone.out_channels, cfg.fpn.channels), head=head, num_classes=num_classes
+    )

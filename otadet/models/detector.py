@@ -1,0 +1,68 @@
+"""The detector network: backbone -> FPN (P3-P7) -> shared head -> dense outputs.
+
+It returns the same raw dense outputs in training and evaluation; losses live in the
+criterion and NMS in postprocess, so the network exports to ONNX unchanged.
+Shapes: B=batch, A=anchor points over all levels, C=classes.
+"""
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+from .backbone import ResNetBackbone
+from .head import OTAHead
+
+__all__ = ["DenseOutputs", "OTADetector", "anchor_points"]
+
+STRIDES = (8, 16, 32, 64, 128)  # P3-P7
+
+
+class DenseOutputs(NamedTuple):
+    cls_logits: Tensor  # (B, A, C)
+    boxes: Tensor  # (B, A, 4) xyxy in input pixels, decoded from the regression branch
+    iou_logits: Tensor  # (B, A) the IoU branch
+    points: Tensor  # (A, 2) anchor points x y in input pixels
+    strides: Tensor  # (A,) stride of each point's level
+
+
+def anchor_points(features: list[Tensor], strides: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Centres of the feature-map cells, level by level, row-major: (A, 2) points and (A,) strides.
+
+    Cell (i, j) at stride s sits at (j*s + s//2, i*s + s//2), as FCOS.
+    """
+    points, point_strides = [], []
+    for x, stride in zip(features, strides):
+        h, w = x.shape[-2:]
+        ys = torch.arange(h, device=x.device, dtype=torch.float32) * stride + stride // 2
+        xs = torch.arange(w, device=x.device, dtype=torch.float32) * stride + stride // 2
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        points.append(torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), dim=1))
+        point_strides.append(torch.full_like(grid_x.reshape(-1), stride))
+    return torch.cat(points), torch.cat(point_strides)
+
+
+class OTADetector(nn.Module):
+    """FCOS-style one-stage detector trained with OTA; see build_detector for the parts."""
+
+    def __init__(self, *, backbone: ResNetBackbone, fpn: FeaturePyramidNetwork, head: OTAHead, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.fpn = fpn
+        self.head = head
+        self.num_classes = num_classes
+        self.strides = STRIDES
+
+    def forward(self, images: Tensor) -> DenseOutputs:
+        features = list(self.fpn(self.backbone(images)).values())  # P3..P7
+        cls_logits, ltrb, iou_logits = self.head(features, self.strides)
+        points, strides = anchor_points(features, self.strides)
+        boxes = torch.cat((points - ltrb[..., :2], points + ltrb[..., 2:]), dim=-1)  # (B, A, 4)
+        return DenseOutputs(cls_logits, boxes, iou_logits, points, strides)
+
+
+def build_fpn(in_channels: list[int], channels: int) -> FeaturePyramidNetwork:
+    """torchvision's FPN over C3-C5, with P6/P7 by stride-2 convs from P5 (FCOS)."""
+    return FeaturePyramidNetwork(in_channels, channels, extra_blocks=LastLevelP6P7(channels, channels))

@@ -1,0 +1,1 @@
+"""Small shared helpers: paths, logging, checkpoints, torch utilities."""
