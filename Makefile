@@ -21,9 +21,9 @@ install: $(VENV)/.installed
 
 # Train ota_tiny on the built-in crowded-shapes data, validate, predict, export ONNX.
 demo: install
-	$(BIN)/otadet train model=ota_tiny.yaml data=shapes.yaml name=demo exist_ok=true
+	$(BIN)/otadet train model=ota_tiny.yaml data=shapes.yaml name=demo exist_ok=true val=false
 	$(BIN)/otadet val model=runs/train/demo/weights/best.pt data=shapes.yaml name=demo exist_ok=true
-	$(BIN)/otadet predict model=runs/train/demo/weights/best.pt source=$(OTADET_CACHE)/shapes-v3/images/val name=demo exist_ok=true
+	$(BIN)/otadet predict model=runs/train/demo/weights/best.pt source='$(OTADET_CACHE)/shapes-v4/images/val/00000*.jpg' name=demo exist_ok=true
 	$(BIN)/otadet export model=runs/train/demo/weights/best.pt format=onnx
 
 test: install

@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .assign import ASSIGNERS
 from .models.backbone import ARCHS, NORMS
+from .utils.checks import ConfigError, check_keys, read_yaml
 from .utils.paths import asset_dir, find_asset
 
 __all__ = [
+    "Args",
+    "DEFAULT_CONF",
     "BackboneConfig",
     "FPNConfig",
     "HeadConfig",
@@ -38,38 +39,6 @@ __all__ = [
     "check_keys",
     "read_yaml",
 ]
-
-
-class ConfigError(ValueError):
-    """A config file or argument is wrong; the message names the key/file and the fix."""
-
-
-def read_yaml(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from e
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of key: value at the top level, got {type(data).__name__}")
-    return data
-
-
-def check_keys(given: dict, valid: list[str] | set[str], where: str) -> None:
-    """Raise on keys not in `valid`, suggesting the nearest valid names (Ultralytics' check_dict_alignment)."""
-    unknown = [k for k in given if k not in valid]
-    if not unknown:
-        return
-    lines = []
-    for key in unknown:
-        close = difflib.get_close_matches(str(key), list(valid), n=3, cutoff=0.5)
-        hint = f" — did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        lines.append(f"{where}: unknown key '{key}'{hint}")
-    lines.append(f"valid keys: {', '.join(sorted(valid))}")
-    raise ConfigError("\n".join(lines))
 
 
 # ----------------------------------------------------------------------------- model schema
@@ -209,10 +178,14 @@ def load_model_config(name_or_path: str | os.PathLike) -> ModelConfig:
 _EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "imgsz": (int, list),  # one size, or a list for multi-scale training
     "device": (str, int),  # 'cpu', 0, '0', 'cuda:0'
-    "source": (str, list),
+    "source": (object,),  # path, glob, folder, array or a list of them: checked by the predictor
     "conf": (float,),
     "workers": (int,),
 }
+
+
+# `conf: null` in cfg/default.yaml means this per-mode score threshold.
+DEFAULT_CONF = {"val": 0.001, "predict": 0.25}
 
 
 def default_args() -> dict:

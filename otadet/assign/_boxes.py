@@ -7,7 +7,7 @@ coordinate is handled separately so that nothing of shape (B, G, A, 4) is materi
 
 from torch import Tensor
 
-__all__ = ["pairwise_iou", "centre_candidates"]
+__all__ = ["pairwise_iou", "near_centre", "centre_candidates"]
 
 
 def pairwise_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-9) -> Tensor:
@@ -22,6 +22,15 @@ def pairwise_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-9) -> Tensor:
     return inter / (area1 + area2 - inter + eps)
 
 
+def near_centre(points: Tensor, strides: Tensor, boxes: Tensor, *, radius: float) -> Tensor:
+    """Whether each point (A, 2) lies in the square of half-size radius*stride around each box's
+    centre (..., G, 4) -> (..., G, A)."""
+    x, y = points[:, 0], points[:, 1]  # (A,)
+    x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))  # each (..., G, 1)
+    half = radius * strides  # (A,)
+    return ((x - (x1 + x2) / 2).abs() < half) & ((y - (y1 + y2) / 2).abs() < half)
+
+
 def centre_candidates(points: Tensor, strides: Tensor, boxes: Tensor, *, radius: float, margin: float) -> Tensor:
     """The official OTA/FCOS candidate rule -> (..., G, A) bool.
 
@@ -33,6 +42,4 @@ def centre_candidates(points: Tensor, strides: Tensor, boxes: Tensor, *, radius:
     x, y = points[:, 0], points[:, 1]  # (A,)
     x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))  # each (..., G, 1)
     inside = (x - x1 > margin) & (y - y1 > margin) & (x2 - x > margin) & (y2 - y > margin)
-    half = radius * strides  # (A,)
-    near = ((x - (x1 + x2) / 2).abs() < half) & ((y - (y1 + y2) / 2).abs() < half)
-    return inside & near
+    return inside & near_centre(points, strides, boxes, radius=radius)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
-from ._boxes import centre_candidates, pairwise_iou
+from ._boxes import centre_candidates, near_centre, pairwise_iou
 from ._types import BACKGROUND, AssignResult
 from .sinkhorn import sinkhorn
 
@@ -60,6 +60,7 @@ def ota(
     focal_alpha: float = 0.25,
     focal_gamma: float = 2.0,
     rescale_plan: bool = True,
+    compact: bool = True,
 ) -> AssignResult:
     """Assign anchors to gts by optimal transport.
 
@@ -76,6 +77,7 @@ def ota(
         eps, iters: Sinkhorn regularisation and iterations (official: 0.1, 50).
         focal_alpha, focal_gamma: the focal cost, as the focal loss.
         rescale_plan: divide each supplier's row by its max before the argmax (official code).
+        compact: solve only over anchors that are a candidate of some gt (same result, faster).
     Returns:
         AssignResult; stats holds num_pos, num_gts, mean_k, pos_per_gt, marginal_error.
     """
@@ -100,15 +102,16 @@ def ota(
     dynamic_k = top_ious.sum(dim=2).floor().clamp(min=1) * gt_mask  # (B, G); 0 for padding
     # Eq. 4: background supplies the n - sum(k) units the gts do not.
     supply = torch.cat((dynamic_k, A - dynamic_k.sum(dim=1, keepdim=True)), dim=1)  # (B, G+1)
-    demand = cost.new_ones(B, A)
-    plan = sinkhorn(cost, supply, demand, eps=eps, iters=iters)  # (B, G+1, A)
-    marginal_error = (plan.sum(dim=1) - demand).abs().amax()
-
-    if rescale_plan:
-        # Official code: scale each supplier's row so its largest share is 1.
-        row_max = plan.amax(dim=2, keepdim=True)
-        plan = torch.where(row_max > 0, plan / row_max, plan)
-    supplier = plan.argmax(dim=1)  # (B, A) in [0, G]; G = background
+    if compact:
+        # Columns to solve over: every candidate, and for a gt with no candidate at all (smaller
+        # than the point spacing), the points near its centre, where its +1e6 row sends its units.
+        orphans = gt_mask & ~candidates.any(dim=2)  # (B, G)
+        keep = candidates.any(dim=1)  # (B, A)
+        if bool(orphans.any()):
+            keep |= (near_centre(points, strides, gt_boxes, radius=center_radius) & orphans[:, :, None]).any(dim=1)
+        supplier, marginal_error = _transport_compacted(cost, supply, keep, eps, iters, rescale_plan)
+    else:
+        supplier, marginal_error = _transport(cost, supply, eps, iters, rescale_plan)
     gt_index = supplier.clamp(max=G - 1)
     positive = (supplier < G) & gt_mask.gather(1, gt_index)  # (B, A)
 
@@ -127,6 +130,54 @@ def ota(
         "marginal_error": marginal_error,
     }
     return AssignResult(matched, labels, box_targets, iou_targets, stats)
+
+
+def _transport(cost: Tensor, supply: Tensor, eps: float, iters: int, rescale: bool) -> tuple[Tensor, Tensor]:
+    """Sinkhorn over every anchor; each anchor's supplier (B, A) in [0, G] (G = background)."""
+    demand = cost.new_ones(cost.shape[0], cost.shape[2])  # (B, A): one unit per anchor
+    plan = sinkhorn(cost, supply, demand, eps=eps, iters=iters)  # (B, G+1, A)
+    marginal_error = (plan.sum(dim=1) - demand).abs().amax()
+    if rescale:
+        # Official code: scale each supplier's row so its largest share is 1.
+        row_max = plan.amax(dim=2, keepdim=True)
+        plan = torch.where(row_max > 0, plan / row_max, plan)
+    return plan.argmax(dim=1), marginal_error
+
+
+def _transport_compacted(
+    cost: Tensor, supply: Tensor, keep: Tensor, eps: float, iters: int, rescale: bool
+) -> tuple[Tensor, Tensor]:
+    """The same assignment as _transport, solving over the K anchors in `keep` (B, A).
+
+    `keep` holds every anchor some gt can send to. Any other anchor costs +1e6 from every gt
+    that has candidates elsewhere, so the gts send it exactly 0 (exp(-1e7) underflows) and it
+    is background. Dropped together, such anchors act on the
+    background row only through their count D: each column j takes g_j = -(C_bg,j/eps + f_bg),
+    so they add D*exp(-f_bg) to the background row's sum. One virtual column of demand D that
+    only the background reaches reproduces that term, so every iterate equals the full
+    problem's, not only the limit. keep (B, A) bool -> supplier (B, A), marginal error.
+    """
+    B, M, A = cost.shape  # M = G+1 suppliers
+    K = max(int(keep.sum(dim=1).max()), 1)
+    # Kept anchors first (stable: in anchor order), padded to the batch's largest K.
+    order = torch.sort(keep.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :K]  # (B, K)
+    kept = keep.gather(1, order)  # (B, K) False = padding column
+    dropped = (A - keep.sum(dim=1)).to(cost.dtype)  # (B,)
+    cost_k = torch.cat((cost.gather(2, order[:, None, :].expand(B, M, K)), cost.new_zeros(B, M, 1)), dim=2)
+    demand = torch.cat((kept.to(cost.dtype), dropped[:, None]), dim=1)  # (B, K+1)
+    mask = torch.ones(B, M, K + 1, dtype=torch.bool, device=cost.device)
+    mask[:, :-1, K] = False  # the virtual column: background only
+    plan = sinkhorn(cost_k, supply, demand, eps=eps, iters=iters, mask=mask)  # (B, G+1, K+1)
+    marginal_error = ((plan.sum(dim=1) - demand).abs() * (demand > 0)).amax()
+    plan = plan[:, :, :K]
+    if rescale:
+        row_max = plan.amax(dim=2, keepdim=True)  # (B, G+1, 1)
+        # Each dropped anchor is wholly background (share 1), so the background row's max is 1.
+        row_max[:, -1, 0] = torch.where(dropped > 0, row_max[:, -1, 0].clamp(min=1.0), row_max[:, -1, 0])
+        plan = torch.where(row_max > 0, plan / row_max, plan)
+    supplier = torch.full((B, A), M - 1, dtype=torch.long, device=cost.device)  # background
+    supplier.scatter_(1, order, torch.where(kept, plan.argmax(dim=1), M - 1))
+    return supplier, marginal_error
 
 
 def _all_background(B: int, A: int, C: int, device: torch.device) -> AssignResult:

@@ -17,7 +17,6 @@ A data YAML is a flat mapping with exactly the keys of `DataYaml`:
 """
 
 import dataclasses
-import difflib
 import json
 import os
 import time
@@ -26,8 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
+from ..utils.checks import ConfigError, check_keys, read_yaml
 from ..utils.log import LOGGER
 from ..utils.paths import asset_dir, cache_dir, find_asset
 from .shapes import ShapesConfig, generate_shapes, generator_settings
@@ -37,7 +35,7 @@ __all__ = ["DataError", "DataYaml", "DataSpec", "load_data", "datasets_dir"]
 Split = Literal["train", "val"]
 
 
-class DataError(ValueError):
+class DataError(ConfigError):
     """A data YAML is wrong; the message names the file, the key and the fix."""
 
 
@@ -88,23 +86,10 @@ def datasets_dir() -> Path:
     return Path(os.environ.get("OTADET_DATASETS") or Path.home() / "datasets").expanduser()
 
 
-def _unknown_keys(given: dict, valid: list[str], where: str) -> None:
-    unknown = [key for key in given if key not in valid]
-    if not unknown:
-        return
-    lines = []
-    for key in unknown:
-        close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
-        hint = f" — did you mean '{close[0]}'?" if close else ""
-        lines.append(f"{where}: unknown key '{key}'{hint}")
-    lines.append(f"valid keys: {', '.join(valid)}")
-    raise DataError("\n".join(lines))
-
-
 def _parse(raw: dict, where: str) -> DataYaml:
     """Check keys and types against `DataYaml`'s fields."""
     fields = dataclasses.fields(DataYaml)
-    _unknown_keys(raw, [f.name for f in fields], where)
+    check_keys(raw, [f.name for f in fields], where, error=DataError)
     hints = typing.get_type_hints(DataYaml)
     for f in fields:
         required = f.default is dataclasses.MISSING
@@ -127,10 +112,10 @@ def _download_hint(data: DataYaml) -> str:
 def _resolve_root(data: DataYaml, yaml_file: Path, where: str) -> Path:
     """Absolute `path:` as is; a builtin's under the cache; else next to the YAML, then $OTADET_DATASETS."""
     path = Path(data.path).expanduser()
+    if data.builtin is not None:  # generated on first use: an absolute path, or under the cache
+        return path if path.is_absolute() else cache_dir() / path
     if path.is_absolute():
         candidates = [path]
-    elif data.builtin is not None:
-        return cache_dir() / path
     else:
         candidates = [yaml_file.parent / path, datasets_dir() / path]
     for candidate in candidates:
@@ -149,7 +134,7 @@ def _ensure_builtin(data: DataYaml, root: Path, where: str) -> None:
         raise DataError(f"{where}: unknown builtin '{data.builtin}' — valid: {', '.join(_BUILTINS)}")
     settings = dict(data.generate or {})
     schema = [f.name for f in dataclasses.fields(_BUILTINS[data.builtin])]
-    _unknown_keys(settings, schema, f"{where}: generate")
+    check_keys(settings, schema, f"{where}: generate", error=DataError)
     try:
         wanted = generator_settings(ShapesConfig(**settings))
     except (TypeError, ValueError) as e:
@@ -192,11 +177,9 @@ def load_data(name_or_path: str | os.PathLike, *, require: tuple[Split, ...] = (
     yaml_file = yaml_file.resolve()
     where = str(yaml_file)
     try:
-        raw = yaml.safe_load(yaml_file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise DataError(f"{where}: not valid YAML ({e})") from e
-    if not isinstance(raw, dict):
-        raise DataError(f"{where}: expected a mapping of key: value at the top level")
+        raw = read_yaml(yaml_file)
+    except ConfigError as e:
+        raise DataError(str(e)) from e
     data = _parse(raw, where)
     if data.format != "coco":
         raise DataError(f"{where}: format '{data.format}' is not supported — use 'coco' (COCO json annotations)")

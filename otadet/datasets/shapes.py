@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 SHAPES_CLASSES = ("circle", "rectangle", "triangle", "cross")
-_VERSION = 3  # bump when the drawing changes; data/shapes.yaml names its cache folder after it
+_VERSION = 4  # bump when the drawing changes; data/shapes.yaml names its cache folder after it
 _SHIFT = 4  # cv2.fillPoly fractional bits: polygon vertices at 1/16 px
 
 
@@ -54,7 +54,7 @@ class ShapesConfig:
     width: tuple[int, int] = (224, 320)  # image width range, multiples of 8
     height: tuple[int, int] = (192, 288)  # image height range, multiples of 8
     objects: tuple[int, int] = (8, 24)  # objects drawn per image (inclusive range)
-    min_size: float = 12.0  # smallest nominal object size, px (visible extents can be smaller)
+    min_size: float = 16.0  # smallest nominal object size, px (occluded visible extents go down to ~8)
     max_size_frac: float = 0.5  # largest nominal object size, fraction of the shorter image side
     min_visible: float = 0.5  # every earlier object keeps at least this fraction of its pixels
     near_prob: float = 0.6  # chance a new object is placed next to an existing one (crowding)

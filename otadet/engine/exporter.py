@@ -98,8 +98,10 @@ def export_onnx(
     model.eval()
     graph = InferenceGraph(model).eval()
     device = next(model.parameters()).device
-    # Batch 2 for a dynamic export: torch.export would specialise a size-1 axis to the constant 1.
-    example = torch.zeros(2 if dynamic else 1, 3, size, size, device=device)
+    # A dynamic export traces batch 2 and at least 2 cells on P7 (256 px): torch.export would
+    # specialise any size-1 axis to the constant 1 and the graph would fail on other sizes.
+    example_size = max(size, 2 * max(getattr(model, "strides", (128,)))) if dynamic else size
+    example = torch.zeros(2 if dynamic else 1, 3, example_size, example_size, device=device)
     dynamic_shapes = {"images": {0: "batch", 2: "height", 3: "width"}} if dynamic else None
     LOGGER.info(f"{colorstr('ONNX:')} exporting with torch {torch.__version__}, onnx {onnx.__version__}, opset {opset}...")
     start = time.perf_counter()

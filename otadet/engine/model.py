@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..config import Args, load_model_config, make_args, model_config_from_dict
+from ..config import DEFAULT_CONF, Args, load_model_config, make_args, model_config_from_dict
 from ..datasets.data_yaml import load_data
 from ..datasets.loader import build_dataloader
 from ..models.build import build_detector
@@ -108,7 +108,7 @@ class Detector:
         save_dir = increment_path(Path(args.project) / "val" / args.name, exist_ok=args.exist_ok)
         save_dir.mkdir(parents=True, exist_ok=True)
         metrics = validate(
-            self.net, loader, conf=0.05 if args.conf is None else args.conf, iou=args.iou, max_det=args.max_det,
+            self.net, loader, conf=DEFAULT_CONF["val"] if args.conf is None else args.conf, iou=args.iou, max_det=args.max_det,
             pre_nms_topk=args.pre_nms_topk, device=device, names=self.names,
             save_json=save_dir / "detections.json" if args.save_json else None, verbose=args.verbose,
         )  # fmt: skip
@@ -132,7 +132,7 @@ class Detector:
             save_dir = increment_path(Path(args.project) / "predict" / args.name, exist_ok=args.exist_ok)
         return predict(
             self.net, args.source, imgsz=_square(args.imgsz), max_size=args.max_size,
-            conf=0.25 if args.conf is None else args.conf, iou=args.iou, max_det=args.max_det,
+            conf=DEFAULT_CONF["predict"] if args.conf is None else args.conf, iou=args.iou, max_det=args.max_det,
             pre_nms_topk=args.pre_nms_topk, device=device, names=self.names, save=args.save,
             save_dir=save_dir, line_width=args.line_width,
         )  # fmt: skip

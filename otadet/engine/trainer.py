@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from ..config import Args, ModelConfig
+from ..config import DEFAULT_CONF, Args, ModelConfig
 from ..criterion import OTACriterion, build_criterion
 from ..datasets.data_yaml import load_data
 from ..datasets.loader import build_dataloader
@@ -149,17 +149,19 @@ def run_training(model_cfg: ModelConfig, args: Args, *, init_state: dict | None 
             model, criterion, train_loader, optimizer, scheduler,
             device=device, epoch=epoch, epochs=args.epochs, grad_clip=args.grad_clip, writer=writer,
         )  # fmt: skip
-        if args.val or epoch == args.epochs - 1:
+        validated = args.val or epoch == args.epochs - 1
+        if validated:
             metrics = validate(
                 model, val_loader, conf=_val_conf(args), iou=args.iou, max_det=args.max_det,
                 pre_nms_topk=args.pre_nms_topk, device=device, names=names, verbose=False,
             )  # fmt: skip
-        fitness = metrics.get("AP", 0.0)
-        row = {"epoch": epoch + 1, **losses, **{f"metrics/{k}": metrics[k] for k in ("AP", "AP50", "AP75") if k in metrics}}
+        fitness = metrics["AP"] if validated else -1.0
+        # Same columns every epoch; metrics left empty where validation was skipped (val=False).
+        row = {"epoch": epoch + 1, **losses, **{f"metrics/{k}": metrics[k] if validated else "" for k in ("AP", "AP50", "AP75")}}
         row["lr"] = optimizer.param_groups[0]["lr"]
         _append_csv(save_dir / "results.csv", row)
         for k, v in row.items():
-            if k.startswith("metrics/"):
+            if k.startswith("metrics/") and validated:
                 writer.add_scalar(k, v, epoch + 1)
         state = {
             "model_cfg": model_cfg.to_dict(),
@@ -178,10 +180,8 @@ def run_training(model_cfg: ModelConfig, args: Args, *, init_state: dict | None 
             save_checkpoint(state, weights / "best.pt")
         if args.save_period > 0 and (epoch + 1) % args.save_period == 0:
             save_checkpoint(state, weights / f"epoch{epoch + 1}.pt")
-        LOGGER.info(
-            f"epoch {epoch + 1}/{args.epochs}: loss {losses.get('loss/total', math.nan):.4f}  "
-            f"AP {metrics.get('AP', math.nan):.4f}  AP50 {metrics.get('AP50', math.nan):.4f}"
-        )
+        scores = f"  AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}" if validated else ""
+        LOGGER.info(f"epoch {epoch + 1}/{args.epochs}: loss {losses.get('loss/total', math.nan):.4f}{scores}")
     writer.close()
     LOGGER.info(f"{args.epochs} epochs done in {(time.time() - start) / 60:.1f} min; weights in {weights}")
     return {"save_dir": save_dir, "best": weights / "best.pt", "last": weights / "last.pt", "metrics": metrics, "names": names}
@@ -193,7 +193,7 @@ def _eval_size(imgsz: int | list[int]) -> int:
 
 
 def _val_conf(args: Args) -> float:
-    return 0.05 if args.conf is None else args.conf
+    return DEFAULT_CONF["val"] if args.conf is None else args.conf
 
 
 def _append_csv(path: Path, row: dict) -> None:

@@ -176,3 +176,21 @@ def test_dynamic_k_follows_the_top_q_ious():
     result = ota(points, strides, torch.zeros(1, 16, 1), pred, gt, torch.tensor([[0]]), torch.ones(1, 1, dtype=torch.bool))
     assert result.stats["mean_k"].item() == 16  # floor(16 * 1.0)
     assert result.stats["num_pos"].item() == 16
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_compaction_gives_the_same_assignment_as_all_anchors(seed):
+    """Solving over candidate anchors only (plus a virtual background column) = the full problem."""
+    gen = torch.Generator().manual_seed(seed)
+    points, strides = fcos_points(512, 640)
+    scenes = [random_scene(gen, n, points, strides, num_classes=5, height=512, width=640, crowded=c) for n, c in [(3, False), (40, True), (15, False)]]
+    # Gts smaller than the point spacing, some with no candidate point at all.
+    tiny = torch.tensor([[101.0, 101.0, 103.0, 104.0], [300.5, 40.2, 305.0, 46.0], [8.5, 8.5, 11.5, 11.5]])
+    scenes[0] = (scenes[0][0], scenes[0][1], torch.cat((scenes[0][2], tiny)), torch.cat((scenes[0][3], torch.tensor([0, 1, 2]))))
+    batch = pad_batch(scenes)
+    full = ota(points, strides, *batch, compact=False)
+    compact = ota(points, strides, *batch, compact=True)
+    assert torch.equal(full.matched, compact.matched)
+    for i in range(3):  # every real gt, tiny ones included, gets at least one positive
+        n = len(scenes[i][2])
+        assert set(full.matched[i][full.matched[i] >= 0].tolist()) == set(range(n))

@@ -16,11 +16,11 @@ def _problem(rng, m, n):
     return cost, supply, demand
 
 
-@pytest.mark.parametrize("m,n,eps", [(2, 10, 0.5), (5, 40, 0.2), (30, 300, 0.1), (200, 1000, 0.1)])
+@pytest.mark.parametrize("m,n,eps", [(2, 10, 0.5), (5, 40, 0.2), (30, 300, 0.1), (100, 2000, 1.0)])
 def test_plan_matches_pot(m, n, eps):
     rng = np.random.default_rng(m * 1000 + n)
     cost, supply, demand = _problem(rng, m, n)
-    iters = 3000
+    iters = 3000 if m * n < 50_000 else 500  # eps = 1 converges in far fewer iterations
     ours = sinkhorn(
         torch.from_numpy(cost)[None], torch.from_numpy(supply)[None], torch.from_numpy(demand)[None], eps=eps, iters=iters
     )[0].numpy()
@@ -32,17 +32,14 @@ def test_plan_matches_pot(m, n, eps):
 def test_small_eps_argmax_equals_exact_ot():
     # Integer supplies and unit demands: the LP solution is a hard assignment.
     rng = np.random.default_rng(0)
-    agree = total = 0
-    for _ in range(20):
-        m, n = 4, 30
-        cost = rng.random((m, n))
-        supply = np.array([3.0, 5.0, 2.0, n - 10.0])
-        demand = np.ones(n)
-        exact = ot.emd(supply, demand, cost)
-        plan = sinkhorn(torch.from_numpy(cost)[None], torch.from_numpy(supply)[None], torch.from_numpy(demand)[None], eps=0.002, iters=3000)[0]
-        agree += int((plan.argmax(0).numpy() == exact.argmax(0)).sum())
-        total += n
-    assert agree / total >= 0.99
+    m, n, batch = 4, 30, 20
+    cost = rng.random((batch, m, n))
+    supply = np.array([3.0, 5.0, 2.0, n - 10.0])
+    plans = sinkhorn(
+        torch.from_numpy(cost), torch.from_numpy(supply).expand(batch, m), torch.ones(batch, n, dtype=torch.float64), eps=0.002, iters=3000
+    )
+    agree = sum(int((plans[i].argmax(0).numpy() == ot.emd(supply, np.ones(n), cost[i]).argmax(0)).sum()) for i in range(batch))
+    assert agree / (batch * n) >= 0.99
 
 
 def test_batch_with_padding_equals_each_problem_alone():

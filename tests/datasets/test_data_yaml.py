@@ -130,7 +130,7 @@ def test_builtin_generates_once_then_reuses(tmp_path, otadet_log):
 
 def test_shipped_shapes_yaml_uses_the_cache(tmp_path):
     # A cache that records the shipped settings is taken as is (no generation in this test).
-    root = _dataset(tmp_path / "cache" / "shapes-v3")
+    root = _dataset(tmp_path / "cache" / "shapes-v4")
     (root / "generate.json").write_text(json.dumps(generator_settings(ShapesConfig(seed=0, num_train=800, num_val=200))))
     spec = load_data("shapes")
     assert spec.root == root and spec.names == list(SHAPES_CLASSES)

@@ -33,7 +33,7 @@ def test_coco_format_and_requirements(shapes_root):
     for img in data["images"][:5]:  # the json sizes are the files' sizes
         image = cv2.imread(str(shapes_root / "images" / "train" / img["file_name"]))
         assert image.shape == (img["height"], img["width"], 3)
-        assert 256 <= img["height"] <= 352 and 288 <= img["width"] <= 416
+        assert 192 <= img["height"] <= 288 and 224 <= img["width"] <= 320
     ann = data["annotations"][0]
     assert set(ann) == {"id", "image_id", "category_id", "bbox", "area", "iscrowd"}
     assert ann["iscrowd"] == 0 and ann["area"] <= ann["bbox"][2] * ann["bbox"][3]

@@ -27,7 +27,7 @@ from otadet.models.build import build_detector
 from otadet.models.detector import DenseOutputs
 
 CATEGORY_IDS = {1: 10, 2: 20, 3: 30, 4: 40}  # sparse COCO ids, so label -> category id is exercised
-IMGSZ, MAX_SIZE = 160, 200  # shapes images are 256-352 px high: every image is resized by ~0.5
+IMGSZ, MAX_SIZE = 120, 150  # shapes images are 192-288 px high: every image is resized by ~0.4-0.6
 
 
 @pytest.fixture(scope="module")
