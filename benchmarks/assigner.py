@@ -4,7 +4,7 @@
 
 Inputs mimic training: FCOS points of the given image size, predicted boxes around every
 point, gts of many sizes (crowded ones clustered). Both forms run the same Sinkhorn (50
-iterations, eps 0.1); the table reports whether their assignments are identical.
+iterations, eps 0.1); the table reports how many anchors they assign alike.
 """
 
 import argparse
@@ -41,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, command: python benchmarks/assigner.py --repeat {args.repeat}\n")
-    print("| batch | anchors | all anchors (ms) | compacted (ms) | speed-up | identical |")
+    print("| batch | anchors | all anchors (ms) | compacted (ms) | speed-up | anchors assigned alike |")
     print("|---|---|---|---|---|---|")
     for name, (height, width, counts, crowded, classes) in CASES.items():
         gen = torch.Generator().manual_seed(0)
@@ -52,8 +52,9 @@ def main() -> None:
         compact = ota(points, strides, *batch, compact=True)
         t_full = timed(lambda: ota(points, strides, *batch, compact=False), args.repeat)
         t_compact = timed(lambda: ota(points, strides, *batch, compact=True), args.repeat)
-        same = torch.equal(full.matched, compact.matched)
-        print(f"| {name} | {points.shape[0]} | {t_full * 1e3:.0f} | {t_compact * 1e3:.0f} | {t_full / t_compact:.1f}x | {same} |")
+        same = (full.matched == compact.matched).float().mean().item()
+        differ = int((full.matched != compact.matched).sum())
+        print(f"| {name} | {points.shape[0]} | {t_full * 1e3:.0f} | {t_compact * 1e3:.0f} | {t_full / t_compact:.1f}x | {same:.5%} ({differ} differ) |")
 
 
 if __name__ == "__main__":

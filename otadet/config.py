@@ -185,7 +185,7 @@ _EXTRA_TYPES: dict[str, tuple[type, ...]] = {
 
 
 # `conf: null` in cfg/default.yaml means this per-mode score threshold.
-DEFAULT_CONF = {"val": 0.001, "predict": 0.25}
+DEFAULT_CONF = {"val": 0.001, "predict": 0.4}  # predict: sqrt(cls*iou) >= 0.4, i.e. cls*iou >= 0.16
 
 
 def default_args() -> dict:

@@ -154,8 +154,11 @@ def _transport_compacted(
     is background. Dropped together, such anchors act on the
     background row only through their count D: each column j takes g_j = -(C_bg,j/eps + f_bg),
     so they add D*exp(-f_bg) to the background row's sum. One virtual column of demand D that
-    only the background reaches reproduces that term, so every iterate equals the full
-    problem's, not only the limit. keep (B, A) bool -> supplier (B, A), marginal error.
+    only the background reaches reproduces that term, so the iterates equal the full
+    problem's, not only the limit. The exception is a gt with no candidate at all: its row is
+    +1e6 everywhere, and where its costs are flat (its predicted boxes miss it) it can also
+    reach anchors outside `keep`; benchmarks/assigner.py counts the few anchors that differ.
+    keep (B, A) bool -> supplier (B, A), marginal error.
     """
     B, M, A = cost.shape  # M = G+1 suppliers
     K = max(int(keep.sum(dim=1).max()), 1)

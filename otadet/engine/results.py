@@ -134,8 +134,10 @@ class Results:
         """A copy of orig_img (H, W, 3) BGR with each box drawn in its class colour and labelled 'name 0.87'."""
         image = np.ascontiguousarray(self.orig_img.copy())
         lw = max(int(line_width), 1)
-        font_scale = max(lw / 3, 0.35)
-        thickness = max(lw - 1, 1)
+        # Labels scale with the image: a 640 px image gets lw/3, small images no less than 0.3.
+        short_side = min(image.shape[:2])
+        font_scale = max(lw / 3 * short_side / 640, 0.3)
+        thickness = max(round((lw - 1) * short_side / 640), 1)
         # Lowest score first, so the most confident boxes and labels end up on top.
         for x1, y1, x2, y2, score, cls in reversed(self.boxes.numpy().tolist()):
             colour = class_colour(int(cls))
