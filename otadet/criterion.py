@@ -9,7 +9,6 @@ num_boxes), as the official OTA code. Shapes: B=batch, A=anchor points, G=gts, C
 from functools import partial
 from typing import Callable
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss

@@ -2,6 +2,8 @@
 
 import os
 
+import yaml
+
 import pytest
 import torch
 
@@ -13,3 +15,24 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep generated datasets out of the user's ~/.cache; one cache for the whole session."""
     if "OTADET_CACHE" not in os.environ:
         monkeypatch.setenv("OTADET_CACHE", str(tmp_path_factory.getbasetemp() / "otadet-cache"))
+
+
+def _write_data_yaml(file, *, path, **extra):
+    """A COCO-format data YAML with the built-in generator's folder layout, at `file`."""
+    spec = {
+        "format": "coco",
+        "path": str(path),
+        "train": "images/train",
+        "val": "images/val",
+        "train_annotations": "annotations/train.json",
+        "val_annotations": "annotations/val.json",
+        **extra,
+    }
+    file.write_text(yaml.safe_dump(spec))
+    return file
+
+
+@pytest.fixture(scope="session")
+def write_data_yaml():
+    """write_data_yaml(file, path=..., **extra_keys) -> file."""
+    return _write_data_yaml

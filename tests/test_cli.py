@@ -3,7 +3,6 @@
 import subprocess
 import sys
 
-import pytest
 
 from otadet.cli import main, parse_overrides
 

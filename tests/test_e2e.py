@@ -17,22 +17,12 @@ TINY = dict(imgsz=128, max_size=192, batch=4, workers=0, warmup_iters=1, optimiz
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
+def tiny_data(tmp_path_factory, write_data_yaml):
     """A data YAML for an 8-train / 4-val split of the built-in generator."""
     root = tmp_path_factory.mktemp("data")
-    spec = {
-        "format": "coco",
-        "builtin": "shapes",
-        "path": str(root / "shapes-tiny"),
-        "generate": {"seed": 5, "num_train": 8, "num_val": 4},
-        "train": "images/train",
-        "val": "images/val",
-        "train_annotations": "annotations/train.json",
-        "val_annotations": "annotations/val.json",
-    }
-    file = root / "tiny.yaml"
-    file.write_text(yaml.safe_dump(spec))
-    return file
+    return write_data_yaml(
+        root / "tiny.yaml", path=root / "shapes-tiny", builtin="shapes", generate={"seed": 5, "num_train": 8, "num_val": 4}
+    )
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Tiny torch.distributed helpers that are no-ops in a single process."""
 
-import torch
 import torch.distributed as dist
 from torch import Tensor
 

@@ -13,7 +13,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import yaml
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import nn
@@ -31,7 +30,7 @@ IMGSZ, MAX_SIZE = 120, 150  # shapes images are 192-288 px high: every image is 
 
 
 @pytest.fixture(scope="module")
-def data_yaml(tmp_path_factory):
+def data_yaml(tmp_path_factory, write_data_yaml):
     """A 6-image shapes val split with category ids 10..40, and its data YAML."""
     tmp = tmp_path_factory.mktemp("val_shapes")
     root = generate_shapes(tmp / "shapes", seed=3, num_train=1, num_val=6)
@@ -42,17 +41,7 @@ def data_yaml(tmp_path_factory):
     for ann in data["annotations"]:
         ann["category_id"] = CATEGORY_IDS[ann["category_id"]]
     ann_file.write_text(json.dumps(data))
-    spec = {
-        "format": "coco",
-        "path": str(root),
-        "train": "images/train",
-        "val": "images/val",
-        "train_annotations": "annotations/train.json",
-        "val_annotations": "annotations/val.json",
-    }
-    path = tmp / "shapes.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    return write_data_yaml(tmp / "shapes.yaml", path=root)
 
 
 @pytest.fixture(scope="module")
