@@ -221,8 +221,6 @@ def make_args(overrides: dict, *, model_defaults: dict | None = None, where: str
 class Args:
     """Resolved run arguments: attribute access, immutable, with every key of cfg/default.yaml."""
 
-    __slots__ = ("__dict__",)
-
     def __init__(self, **values):
         object.__setattr__(self, "__dict__", dict(values))
 
