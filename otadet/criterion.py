@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from .assign import ASSIGNERS, IGNORE, AssignResult
+from .assign import ASSIGNERS, IGNORE, AssignResult, mark_ignored
 from .config import ModelConfig
 from .models.detector import DenseOutputs
 from .utils.dist import all_reduce_mean
@@ -22,7 +22,11 @@ __all__ = ["OTACriterion", "build_criterion"]
 
 
 class OTACriterion:
-    """Callable: (outputs, gt_boxes, gt_labels, gt_mask) -> (loss, loss_items, assign_stats)."""
+    """Callable: (outputs, gt_boxes, gt_labels, gt_mask[, ignore_boxes, ignore_mask]) -> (loss, loss_items, assign_stats).
+
+    Ignore regions (B, I, 4) with ignore_mask (B, I): background anchors inside them are left
+    out of the classification loss (see otadet.assign.mark_ignored).
+    """
 
     def __init__(
         self,
@@ -42,12 +46,20 @@ class OTACriterion:
         self.iou_branch_weight = iou_branch_weight
 
     def __call__(
-        self, outputs: DenseOutputs, gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor
+        self,
+        outputs: DenseOutputs,
+        gt_boxes: Tensor,
+        gt_labels: Tensor,
+        gt_mask: Tensor,
+        ignore_boxes: Tensor | None = None,
+        ignore_mask: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         cls_logits, boxes, iou_logits = outputs.cls_logits, outputs.boxes, outputs.iou_logits
         targets = self.assigner(
             outputs.points, outputs.strides, cls_logits.detach(), boxes.detach(), gt_boxes, gt_labels, gt_mask
         )
+        if ignore_boxes is not None:
+            targets = mark_ignored(targets, outputs.points, ignore_boxes, ignore_mask)
         positive = targets.matched >= 0  # (B, A)
         # Normaliser: positives averaged over ranks, at least 1.
         num_pos = all_reduce_mean(positive.sum().float()).clamp(min=1.0)

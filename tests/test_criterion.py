@@ -80,3 +80,18 @@ def test_no_positives_gives_finite_background_only_loss():
     assert items["box"].item() == 0 and items["iou"].item() == 0
     loss.backward()
     assert torch.isfinite(outputs.cls_logits.grad).all()
+
+
+def test_ignore_regions_turn_background_into_ignore_only():
+    from otadet.assign import BACKGROUND, IGNORE, AssignResult, mark_ignored
+
+    points = torch.tensor([[5.0, 5.0], [15.0, 5.0], [25.0, 5.0], [35.0, 5.0]])  # (A=4, 2)
+    matched = torch.tensor([[0, BACKGROUND, BACKGROUND, BACKGROUND]])
+    result = AssignResult(matched, torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, 4), torch.zeros(1, 4), {})
+    # One ignore box over points 0..2 and one padded (masked-out) box over point 3.
+    boxes = torch.tensor([[[0.0, 0.0, 26.0, 10.0], [30.0, 0.0, 40.0, 10.0]]])
+    out = mark_ignored(result, points, boxes, torch.tensor([[True, False]]))
+    assert out.matched.tolist() == [[0, IGNORE, IGNORE, BACKGROUND]]  # the positive stays positive
+    assert int(out.stats["num_ignored"]) == 2
+    empty = mark_ignored(result, points, torch.zeros(1, 0, 4), torch.zeros(1, 0, dtype=torch.bool))
+    assert torch.equal(empty.matched, matched)

@@ -6,10 +6,10 @@ under no_grad and in float32, so they are swappable by name (ASSIGNERS) and test
 Target convention (matched): gt index >= 0, -1 background, -2 ignore.
 """
 
-from ._types import BACKGROUND, IGNORE, AssignResult
+from ._types import BACKGROUND, IGNORE, AssignResult, mark_ignored
 from .ota import ota
 from .sinkhorn import sinkhorn
 
-__all__ = ["ASSIGNERS", "AssignResult", "BACKGROUND", "IGNORE", "ota", "sinkhorn"]
+__all__ = ["ASSIGNERS", "AssignResult", "BACKGROUND", "IGNORE", "mark_ignored", "ota", "sinkhorn"]
 
 ASSIGNERS = {"ota": ota}

@@ -7,7 +7,7 @@ coordinate is handled separately so that nothing of shape (B, G, A, 4) is materi
 
 from torch import Tensor
 
-__all__ = ["pairwise_iou", "near_centre", "centre_candidates"]
+__all__ = ["pairwise_iou", "near_centre", "centre_candidates", "points_in_boxes"]
 
 
 def pairwise_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-9) -> Tensor:
@@ -43,3 +43,11 @@ def centre_candidates(points: Tensor, strides: Tensor, boxes: Tensor, *, radius:
     x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))  # each (..., G, 1)
     inside = (x - x1 > margin) & (y - y1 > margin) & (x2 - x > margin) & (y2 - y > margin)
     return inside & near_centre(points, strides, boxes, radius=radius)
+
+
+def points_in_boxes(points: Tensor, boxes: Tensor, mask: Tensor) -> Tensor:
+    """Whether each point (A, 2) falls inside any of the boxes (B, I, 4) kept by mask (B, I) -> (B, A)."""
+    x, y = points[:, 0], points[:, 1]  # (A,)
+    x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))  # each (B, I, 1)
+    inside = (x >= x1) & (y >= y1) & (x <= x2) & (y <= y2)  # (B, I, A)
+    return (inside & mask[:, :, None]).any(dim=1)

@@ -12,9 +12,12 @@ Target convention, used everywhere in otadet (as torchvision's Matcher and detec
 
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
-__all__ = ["AssignResult", "BACKGROUND", "IGNORE"]
+from ._boxes import points_in_boxes
+
+__all__ = ["AssignResult", "BACKGROUND", "IGNORE", "mark_ignored"]
 
 BACKGROUND = -1
 IGNORE = -2
@@ -28,3 +31,18 @@ class AssignResult(NamedTuple):
     box_targets: Tensor  # (B, A, 4) float32 xyxy pixels of the matched gt, 0 elsewhere
     iou_targets: Tensor  # (B, A) float32 IoU(predicted box, matched gt), 0 elsewhere
     stats: dict  # scalar tensors for logging (num_pos, mean_k, ...); never used by the loss
+
+
+def mark_ignored(result: AssignResult, points: Tensor, ignore_boxes: Tensor, ignore_mask: Tensor) -> AssignResult:
+    """Background anchors whose point lies in an ignore region (B, I, 4) become IGNORE.
+
+    Ignore regions (COCO iscrowd, CrowdHuman 'mask' boxes) hold unlabelled objects: an anchor
+    there that no gt claimed must not be taught "background". Positives stay positive.
+    Applied after any assigner, so every assigner handles them the same way.
+    """
+    if ignore_boxes.shape[1] == 0 or not bool(ignore_mask.any()):
+        return result
+    inside = points_in_boxes(points, ignore_boxes.float(), ignore_mask)  # (B, A)
+    matched = torch.where(inside & (result.matched == BACKGROUND), IGNORE, result.matched)
+    stats = {**result.stats, "num_ignored": (matched == IGNORE).sum()}
+    return result._replace(matched=matched, stats=stats)

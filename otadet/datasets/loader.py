@@ -28,6 +28,8 @@ class Batch(NamedTuple):
     gt_boxes: Tensor  # (B, G, 4) xyxy input pixels, zeros where padded
     gt_labels: Tensor  # (B, G) int64, 0 where padded
     gt_mask: Tensor  # (B, G) bool, False = padding
+    ignore_boxes: Tensor  # (B, I, 4) xyxy input pixels of ignore regions (iscrowd, CrowdHuman masks)
+    ignore_mask: Tensor  # (B, I) bool, False = padding; I may be 0
     image_ids: Tensor  # (B,) int64 COCO image ids
     scales: Tensor  # (B,) float32 resize factor (input / original)
     orig_sizes: Tensor  # (B, 2) int64 (h, w) of the original image
@@ -60,11 +62,20 @@ def collate(samples: Sequence[tuple[Tensor, dict]], size_divisible: int = 32) ->
         gt_boxes[k, :n] = t["boxes"]
         gt_labels[k, :n] = t["labels"]
         gt_mask[k, :n] = True
+    # Ignore regions: a sample may carry "ignore_boxes" (N, 4) in the same pixels as "boxes".
+    ignores = [t.get("ignore_boxes", torch.zeros(0, 4)).reshape(-1, 4) for t in targets]
+    ignore_boxes = torch.zeros((b, max(len(x) for x in ignores), 4), dtype=torch.float32)  # (B, I, 4)
+    ignore_mask = torch.zeros(ignore_boxes.shape[:2], dtype=torch.bool)  # (B, I)
+    for k, x in enumerate(ignores):
+        ignore_boxes[k, : len(x)] = x
+        ignore_mask[k, : len(x)] = True
     return Batch(
         images=padded,
         gt_boxes=gt_boxes,
         gt_labels=gt_labels,
         gt_mask=gt_mask,
+        ignore_boxes=ignore_boxes,
+        ignore_mask=ignore_mask,
         image_ids=torch.tensor([t["image_id"] for t in targets], dtype=torch.int64),
         scales=torch.tensor([t["scale"] for t in targets], dtype=torch.float32),
         orig_sizes=torch.tensor([t["orig_size"] for t in targets], dtype=torch.int64).reshape(b, 2),

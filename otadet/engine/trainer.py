@@ -80,7 +80,9 @@ def train_one_epoch(
         batch = batch.to(device, non_blocking=True)
         # channels_last: ~1.3x faster convolutions on CPU (oneDNN) and with AMP on tensor cores.
         outputs = model(batch.images.contiguous(memory_format=torch.channels_last))
-        loss, items, stats = criterion(outputs, batch.gt_boxes, batch.gt_labels, batch.gt_mask)
+        loss, items, stats = criterion(
+            outputs, batch.gt_boxes, batch.gt_labels, batch.gt_mask, batch.ignore_boxes, batch.ignore_mask
+        )
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {loss.item()} at epoch {epoch + 1} iteration {i} ({ {k: v.item() for k, v in items.items()} }); "
