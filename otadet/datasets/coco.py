@@ -1,46 +1,35 @@
-"""A COCO-json detection dataset: images + boxes, validated once when it is built.
+"""A COCO-json detection dataset: images + boxes + crowd regions, validated once when it is built.
 
 COCO category ids (sparse, e.g. 1..90 with gaps) map to contiguous labels 0..C-1 in sorted-id
-order; `cat_ids[label]` maps back, for results files. Boxes are xyxy pixels of the transformed
-image. Shape letters: N = boxes of one image, M = boxes of the whole dataset, I = images.
+order; `cat_ids[label]` maps back, for results files. `iscrowd` boxes become ignore regions
+(`target["ignore_boxes"]`). Shape letters: M = annotations of the whole dataset.
 """
 
 import contextlib
 import io
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
-import torch
 from pycocotools.coco import COCO
-from torch.utils.data import Dataset
 
 from ..utils.log import LOGGER
+from .base import DetectionDataset, Transform, read_image
 
 __all__ = ["CocoDetection", "read_image"]
 
-Transform = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, np.ndarray, float]]
 
+class CocoDetection(DetectionDataset):
+    """Images of `images_dir` with the boxes of the COCO json `ann_file` (see `DetectionDataset`).
 
-def read_image(path: str | os.PathLike) -> np.ndarray | None:
-    """uint8 (H, W, 3) BGR, or None if missing or undecodable. EXIF rotation is ignored, as in COCO's sizes."""
-    return cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-
-
-class CocoDetection(Dataset):
-    """Images of `images_dir` with the boxes of the COCO json `ann_file`.
-
-    `dataset[i] -> (image, target)`: image float32 (3, H, W) from `transform`; target a dict
-    with boxes float32 (N, 4) xyxy in the transformed image's pixels, labels int64 (N,),
-    image_id int, orig_size (h, w) of the file, scale float (transformed / original), path str.
-
-    Crowd boxes (iscrowd=1) are left out (counted in `num_crowd`). Boxes are clipped to their
-    image and dropped when empty after clipping, summarised in one log line. An image file that
-    is missing or corrupt is skipped with one warning: the next readable image is returned.
+    Annotations with an unknown category or image id or a malformed bbox are skipped, and
+    images whose file is missing are left out, each summarised in one warning; the dataset
+    fails only if no image remains. `coco` is the pycocotools index of the whole file.
     """
+
+    format = "coco"
 
     def __init__(
         self,
@@ -50,11 +39,11 @@ class CocoDetection(Dataset):
         transform: Transform,
         names: Sequence[str] | None = None,
     ):
-        self.images_dir, self.ann_file, self.transform = Path(images_dir), Path(ann_file), transform
+        images_dir, self.ann_file = Path(images_dir), Path(ann_file)
         if not self.ann_file.is_file():
             raise FileNotFoundError(f"{self.ann_file}: annotation file not found")
-        if not self.images_dir.is_dir():
-            raise FileNotFoundError(f"{self.images_dir}: image folder not found (annotations {self.ann_file})")
+        if not images_dir.is_dir():
+            raise FileNotFoundError(f"{images_dir}: image folder not found (annotations {self.ann_file})")
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
                 self.coco = COCO(str(self.ann_file))
@@ -68,113 +57,69 @@ class CocoDetection(Dataset):
                 f"{self.ann_file}: {len(self.cat_ids)} categories ({', '.join(file_names)}) but {len(names)} names "
                 f"were given — make the data YAML's 'names:' match, or remove it"
             )
-        self.names: list[str] = list(names) if names is not None else file_names
-        self.ids: list[int] = sorted(self.coco.imgs)  # dataset index -> COCO image id
 
-        self._files: list[str] = []
-        self._sizes = np.zeros((len(self.ids), 2), np.int64)  # (I, 2) json (h, w)
-        for i, image_id in enumerate(self.ids):
+        files, sizes, ids, missing, missing_ids = [], [], [], [], set()
+        for image_id in sorted(self.coco.imgs):
             info = self.coco.imgs[image_id]
-            missing = [key for key in ("file_name", "width", "height") if key not in info]
-            if missing:
-                raise ValueError(f"{self.ann_file}: image id {image_id} has no {', '.join(missing)}")
-            self._files.append(info["file_name"])
-            self._sizes[i] = (info["height"], info["width"])
-        self._index_boxes()
-        self._bad: set[int] = set()  # indices found unreadable, in this process
-        self._resized: set[int] = set()  # indices whose file size differs from the json, warned once
-
-    def _index_boxes(self) -> None:
-        """Pack every kept box into (M, 4) arrays with per-image offsets; clip, drop, count."""
-        index_of = {image_id: i for i, image_id in enumerate(self.ids)}
+            absent = [key for key in ("file_name", "width", "height") if key not in info]
+            if absent:
+                raise ValueError(f"{self.ann_file}: image id {image_id} has no {', '.join(absent)} — fix the 'images' entry")
+            if not (images_dir / info["file_name"]).is_file():
+                missing.append(info["file_name"])
+                missing_ids.add(image_id)
+                continue
+            files.append(info["file_name"])
+            sizes.append((info["height"], info["width"]))
+            ids.append(image_id)
+        if missing:
+            LOGGER.warning(
+                f"WARNING: {len(missing)} of {len(self.coco.imgs)} images listed in {self.ann_file} are missing from "
+                f"{images_dir} (first: {', '.join(missing[:3])}) — skipped"
+            )
+        self.num_missing = len(missing)
+        index_of = {image_id: i for i, image_id in enumerate(ids)}
         label_of = {cat: label for label, cat in enumerate(self.cat_ids)}
-        image_index, boxes, labels, crowd = [], [], [], 0
+        rows = {0: ([], [], []), 1: ([], [], [])}  # iscrowd -> (image index, xywh, label)
+        unknown_cat, malformed = [], 0
         for ann in self.coco.anns.values():
-            where = f"{self.ann_file}: annotation {ann.get('id')}"
-            if ann.get("iscrowd", 0):
-                crowd += 1
+            bbox = ann.get("bbox")
+            if ann.get("image_id") in missing_ids:
                 continue
             if ann.get("category_id") not in label_of:
-                raise ValueError(
-                    f"{where} has category_id {ann.get('category_id')}, which is not among the file's "
-                    f"categories {self.cat_ids} — fix the annotation or add the category"
-                )
-            if ann.get("image_id") not in index_of:
-                raise ValueError(f"{where} refers to unknown image_id {ann.get('image_id')}")
-            bbox = ann.get("bbox")
-            if not isinstance(bbox, list) or len(bbox) != 4:
-                raise ValueError(f"{where} has bbox {bbox!r}, expected [x, y, w, h]")
+                unknown_cat.append(ann.get("category_id"))
+                continue
+            if ann.get("image_id") not in index_of or not isinstance(bbox, list) or len(bbox) != 4:
+                malformed += 1
+                continue
+            image_index, xywh, labels = rows[1 if ann.get("iscrowd", 0) else 0]
             image_index.append(index_of[ann["image_id"]])
-            boxes.append(bbox)
+            xywh.append(bbox)
             labels.append(label_of[ann["category_id"]])
-        image_index = np.array(image_index, np.int64)  # (M,)
-        xywh = np.array(boxes, np.float64).reshape(-1, 4)  # (M, 4)
-        xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
-        hw = self._sizes[image_index]  # (M, 2)
-        limit = np.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], 1)  # (M, 4) w, h, w, h
-        clipped = np.clip(xyxy, 0, limit)
-        keep = np.isfinite(xyxy).all(1) & (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
-        changed = keep & np.any(clipped != xyxy, 1)
-        self.num_crowd, self.num_clipped, self.num_dropped = crowd, int(changed.sum()), int((~keep).sum())
-        if self.num_clipped or self.num_dropped or self.num_crowd:
-            LOGGER.info(
-                f"{self.ann_file}: {self.num_clipped} boxes clipped to their image, {self.num_dropped} empty or "
-                f"outside boxes dropped, {self.num_crowd} crowd boxes skipped (of {len(self.coco.anns)})"
+        if unknown_cat:
+            LOGGER.warning(
+                f"WARNING: {self.ann_file}: {len(unknown_cat)} annotations with category_id not among the file's "
+                f"categories {self.cat_ids} (e.g. {sorted(set(map(str, unknown_cat)))[:5]}) — skipped; add the "
+                "categories or fix the ids"
             )
-        order = np.argsort(image_index[keep], kind="stable")
-        self._boxes = clipped[keep][order].astype(np.float32)  # (M, 4) xyxy, json pixels
-        self._labels = np.array(labels, np.int64)[keep][order]  # (M,)
-        counts = np.bincount(image_index[keep], minlength=len(self.ids))
-        self._offsets = np.concatenate([[0], np.cumsum(counts)])  # image i owns rows offsets[i]:offsets[i+1]
+        if malformed:
+            LOGGER.warning(
+                f"WARNING: {self.ann_file}: {malformed} annotations with an unknown image_id or a bbox that is not "
+                "[x, y, w, h] — skipped"
+            )
+        self.num_crowd = len(rows[1][0])
 
-    def __len__(self) -> int:
-        return len(self.ids)
+        def xyxy(xywh):
+            a = np.array(xywh, np.float64).reshape(-1, 4)
+            return np.concatenate([a[:, :2], a[:, :2] + a[:, 2:]], 1)
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.cat_ids)
+        super().__init__(
+            source=str(self.ann_file), images_dir=images_dir, files=files, sizes=np.array(sizes).reshape(-1, 2),
+            image_ids=ids, names=list(names) if names is not None else file_names, transform=transform,
+            box_image=np.array(rows[0][0], np.int64), boxes=xyxy(rows[0][1]), labels=np.array(rows[0][2], np.int64),
+            ignore_image=np.array(rows[1][0], np.int64), ignore_boxes=xyxy(rows[1][1]),
+            notes=[f"{self.num_crowd} crowd boxes kept as ignore regions"] if self.num_crowd else [],
+        )  # fmt: skip
 
-    def image_path(self, index: int) -> Path:
-        return self.images_dir / self._files[index]
-
-    def _read(self, index: int) -> np.ndarray | None:
-        """The image at `index`, or None after warning once that it cannot be read."""
-        if index in self._bad:
-            return None
-        path = self.image_path(index)
-        image = read_image(path)
-        if image is None:
-            self._bad.add(index)
-            reason = "cannot be decoded (corrupt?)" if path.is_file() else "is missing"
-            LOGGER.warning(f"WARNING: image {path} {reason} — skipped, using the next image instead")
-        return image
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
-        for step in range(len(self)):
-            i = (index + step) % len(self)
-            image = self._read(i)
-            if image is not None:
-                break
-        else:
-            raise RuntimeError(f"{self.images_dir}: none of the {len(self)} images of {self.ann_file} can be read")
-        boxes = self._boxes[self._offsets[i] : self._offsets[i + 1]].copy()  # (N, 4)
-        labels = self._labels[self._offsets[i] : self._offsets[i + 1]]  # (N,)
-        h, w = image.shape[:2]
-        json_h, json_w = self._sizes[i]
-        if (h, w) != (json_h, json_w):
-            if i not in self._resized:
-                self._resized.add(i)
-                LOGGER.warning(
-                    f"WARNING: {self.image_path(i)} is {w}x{h} but {self.ann_file} says {json_w}x{json_h}, boxes rescaled"
-                )
-            boxes *= np.array([w / json_w, h / json_h, w / json_w, h / json_h], np.float32)
-        tensor, boxes, scale = self.transform(image, boxes)
-        target = {
-            "boxes": torch.from_numpy(np.ascontiguousarray(boxes, np.float32)).reshape(-1, 4),
-            "labels": torch.from_numpy(labels.copy()),
-            "image_id": int(self.ids[i]),
-            "orig_size": (int(h), int(w)),
-            "scale": float(scale),
-            "path": str(self.image_path(i)),
-        }
-        return tensor, target
+    def coco_gt(self) -> COCO:
+        """The annotation file's own pycocotools index."""
+        return self.coco

@@ -1,18 +1,21 @@
-"""Dataset YAMLs (data/*.yaml): where a dataset's images and COCO annotation files are.
+"""Dataset YAMLs (data/*.yaml): where a dataset's images and annotations are, and in which format.
 
 A data YAML is a flat mapping with exactly the keys of `DataYaml`:
 
-    format: coco                      # the only format so far
+    format: coco                      # coco | crowdhuman | yolo
     path: coco                        # dataset root; relative -> next to the YAML, then $OTADET_DATASETS
     builtin: shapes                   # optional: generated on first use into cache_dir()/<path>
     generate: {seed: 0}               # optional, builtin only: settings for the generator
-    train: train2017                  # image folders and annotation files, relative to the root
+    train: train2017                  # image folders, relative to the root
     val: val2017
-    train_annotations: annotations/instances_train2017.json
-    val_annotations: annotations/instances_val2017.json
-    names: [person, ...]              # optional: else the categories of the annotation json
+    train_annotations: annotations/instances_train2017.json   # coco: json; crowdhuman: .odgt
+    val_annotations: annotations/instances_val2017.json       # (yolo: none, labels/<split> is used)
+    box: fbox                         # crowdhuman only: fbox (full body, default) or vbox (visible)
+    names: [person, ...]              # list, or dict {0: person, ...}; optional for coco/crowdhuman
     download: [http://...]            # optional metadata for the error message; never fetched
 
+For crowdhuman the annotation keys default to annotation_{train,val}.odgt; for yolo the labels
+of images/<split> are in labels/<split> (the last 'images' of the path becomes 'labels').
 `load_data(name_or_path)` validates it once and returns a resolved `DataSpec`.
 """
 
@@ -29,10 +32,14 @@ from ..utils.checks import ConfigError, check_keys, read_yaml
 from ..utils.log import LOGGER
 from ..utils.paths import asset_dir, cache_dir, find_asset
 from .shapes import ShapesConfig, generate_shapes, generator_settings
+from .shapes_formats import write_extra_format
+from .yolo import labels_dir_for
 
 __all__ = ["DataError", "DataYaml", "DataSpec", "load_data", "datasets_dir"]
 
 Split = Literal["train", "val"]
+FORMATS = ("coco", "crowdhuman", "yolo")
+_BOX_KEYS = ("fbox", "vbox")
 
 
 class DataError(ConfigError):
@@ -47,11 +54,12 @@ class DataYaml:
     path: str
     train: str
     val: str
-    train_annotations: str
-    val_annotations: str
+    train_annotations: str | None = None  # coco: required; crowdhuman: default annotation_train.odgt
+    val_annotations: str | None = None
+    box: str | None = None  # crowdhuman: 'fbox' (default) or 'vbox'
     builtin: str | None = None  # 'shapes'
     generate: dict | None = None  # ShapesConfig fields, builtin only
-    names: list | None = None  # class names, index = contiguous label
+    names: list | dict | None = None  # class names, index = contiguous label
     download: str | list | None = None  # URLs shown when the dataset is missing
 
 
@@ -68,13 +76,14 @@ class DataSpec:
     val_annotations: Path
     names: list[str]
     builtin: str | None
+    box: str | None = None  # crowdhuman: which box is the target
 
     def images(self, split: Split) -> Path:
         """The image folder of 'train' or 'val'."""
         return {"train": self.train_images, "val": self.val_images}[split]
 
     def annotations(self, split: Split) -> Path:
-        """The COCO json of 'train' or 'val'."""
+        """The annotations of 'train' or 'val': COCO json, CrowdHuman .odgt, or the YOLO labels folder."""
         return {"train": self.train_annotations, "val": self.val_annotations}[split]
 
 
@@ -148,10 +157,12 @@ def _ensure_builtin(data: DataYaml, root: Path, where: str) -> None:
                 f"({found if found is not None else 'no generate.json'}) than {wanted} — "
                 f"delete {root} or change 'path:' to generate it again"
             )
-        return
-    start = time.perf_counter()
-    generate_shapes(root, **settings)
-    LOGGER.info(f"Generated the built-in '{data.builtin}' dataset in {root} ({time.perf_counter() - start:.1f}s)")
+    else:
+        start = time.perf_counter()
+        generate_shapes(root, **settings)
+        LOGGER.info(f"Generated the built-in '{data.builtin}' dataset in {root} ({time.perf_counter() - start:.1f}s)")
+    if data.format != "coco":  # the other formats are written alongside the COCO files, on first use
+        write_extra_format(root, data.format)
 
 
 def _names_from_json(ann_file: Path) -> list[str]:
@@ -181,38 +192,57 @@ def load_data(name_or_path: str | os.PathLike, *, require: tuple[Split, ...] = (
     except ConfigError as e:
         raise DataError(str(e)) from e
     data = _parse(raw, where)
-    if data.format != "coco":
-        raise DataError(f"{where}: format '{data.format}' is not supported — use 'coco' (COCO json annotations)")
+    if data.format not in FORMATS:
+        raise DataError(f"{where}: format '{data.format}' is not supported — use one of {', '.join(FORMATS)}")
     if data.generate is not None and data.builtin is None:
         raise DataError(f"{where}: 'generate' is only for builtin datasets — remove it or set 'builtin:'")
+    if data.box is not None and (data.format != "crowdhuman" or data.box not in _BOX_KEYS):
+        raise DataError(f"{where}: 'box: {data.box}' — 'box' is for format crowdhuman only, one of {', '.join(_BOX_KEYS)}")
+    annotation_keys = {"train": data.train_annotations, "val": data.val_annotations}
+    if data.format == "coco":
+        for split, value in annotation_keys.items():
+            if value is None:
+                raise DataError(f"{where}: missing required key '{split}_annotations' (the COCO json of '{split}')")
+    elif data.format == "crowdhuman":
+        annotation_keys = {k: v if v is not None else f"annotation_{k}.odgt" for k, v in annotation_keys.items()}
+    elif any(v is not None for v in annotation_keys.values()):
+        raise DataError(
+            f"{where}: format yolo reads labels/<split>/*.txt next to images/<split> — remove "
+            "'train_annotations'/'val_annotations'"
+        )
+    names = _check_names(data, where)
 
     root = _resolve_root(data, yaml_file, where)
     if data.builtin is not None:
         _ensure_builtin(data, root, where)
-    paths = {
-        "train": root / data.train,
-        "val": root / data.val,
-        "train_annotations": root / data.train_annotations,
-        "val_annotations": root / data.val_annotations,
-    }
+    paths = {"train": root / data.train, "val": root / data.val}
+    for split in ("train", "val"):
+        if data.format == "yolo":
+            try:
+                paths[f"{split}_annotations"] = labels_dir_for(paths[split])
+            except ValueError as e:
+                raise DataError(f"{where}: '{split}': {e}") from e
+        else:
+            paths[f"{split}_annotations"] = root / annotation_keys[split]
     for split in require:
-        for key, is_ok in ((split, Path.is_dir), (f"{split}_annotations", Path.is_file)):
+        checks = [(split, Path.is_dir)]
+        if data.format != "yolo":  # a YOLO split may have no labels at all (background images)
+            checks.append((f"{split}_annotations", Path.is_file))
+        for key, is_ok in checks:
             if not is_ok(paths[key]):
                 raise FileNotFoundError(
                     f"{where}: '{key}' path {paths[key]} does not exist — {_download_hint(data)} into {root}, "
                     f"or fix '{key}:'"
                 )
 
-    if data.names is not None:
-        if not data.names or not all(isinstance(n, str) for n in data.names):
-            raise DataError(f"{where}: 'names' must be a non-empty list of class names (strings)")
-        names = list(data.names)
-    else:
-        found = [paths[key] for key in ("val_annotations", "train_annotations") if paths[key].is_file()]
-        source = found[0] if found else None
-        if source is None:
-            raise DataError(f"{where}: no 'names' and no annotation file to read the categories from — add 'names:'")
-        names = _names_from_json(source)
+    if names is None:
+        if data.format == "crowdhuman":
+            names = ["person"]
+        else:
+            found = [paths[key] for key in ("val_annotations", "train_annotations") if paths[key].is_file()]
+            if not found:
+                raise DataError(f"{where}: no 'names' and no annotation file to read the categories from — add 'names:'")
+            names = _names_from_json(found[0])
     return DataSpec(
         yaml_file=yaml_file,
         format=data.format,
@@ -223,4 +253,23 @@ def load_data(name_or_path: str | os.PathLike, *, require: tuple[Split, ...] = (
         val_annotations=paths["val_annotations"],
         names=names,
         builtin=data.builtin,
+        box=(data.box or "fbox") if data.format == "crowdhuman" else None,
     )
+
+
+def _check_names(data: DataYaml, where: str) -> list[str] | None:
+    """'names' as a list (a dict must have the keys 0..C-1); required for yolo."""
+    if data.names is None:
+        if data.format == "yolo":
+            raise DataError(f"{where}: format yolo needs 'names:' — the class names, in label-id order")
+        return None
+    names = data.names
+    if isinstance(names, dict):
+        if sorted(names) != list(range(len(names))):
+            raise DataError(f"{where}: 'names' as a dict must have the keys 0..{len(names) - 1}, got {sorted(names, key=str)}")
+        names = [names[k] for k in range(len(names))]
+    if not names or not all(isinstance(n, str) for n in names):
+        raise DataError(f"{where}: 'names' must be a non-empty list of class names (strings)")
+    if data.format == "crowdhuman" and len(names) != 1:
+        raise DataError(f"{where}: CrowdHuman has one class — use names: [person]")
+    return list(names)

@@ -14,9 +14,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
+from .base import DetectionDataset
 from .coco import CocoDetection
+from .crowdhuman import CrowdHumanDetection
 from .data_yaml import DataSpec
 from .transforms import build_transforms, seed_rng
+from .yolo import YoloDetection
 
 __all__ = ["Batch", "collate", "build_dataset", "build_dataloader"]
 
@@ -30,7 +33,7 @@ class Batch(NamedTuple):
     gt_mask: Tensor  # (B, G) bool, False = padding
     ignore_boxes: Tensor  # (B, I, 4) xyxy input pixels of ignore regions (iscrowd, CrowdHuman masks)
     ignore_mask: Tensor  # (B, I) bool, False = padding; I may be 0
-    image_ids: Tensor  # (B,) int64 COCO image ids
+    image_ids: Tensor  # (B,) int64 image ids (COCO's; 1..I in file order for CrowdHuman and YOLO)
     scales: Tensor  # (B,) float32 resize factor (input / original)
     orig_sizes: Tensor  # (B, 2) int64 (h, w) of the original image
     paths: list[str]
@@ -43,7 +46,7 @@ class Batch(NamedTuple):
 
 
 def collate(samples: Sequence[tuple[Tensor, dict]], size_divisible: int = 32) -> Batch:
-    """Stack `CocoDetection` samples into a `Batch`, padding images up to a multiple of size_divisible."""
+    """Stack `DetectionDataset` samples into a `Batch`, padding images up to a multiple of size_divisible."""
     images = [image for image, _ in samples]
     targets = [target for _, target in samples]
     b = len(samples)
@@ -104,14 +107,15 @@ def _seed_worker(worker_id: int) -> None:
 
 def build_dataset(
     spec: DataSpec, split: Literal["train", "val"], *, imgsz: int | list[int], max_size: int, augment: bool
-) -> CocoDetection:
-    """The `split` of `spec` with training (multi-scale + flip) or evaluation transforms."""
-    return CocoDetection(
-        images_dir=spec.images(split),
-        ann_file=spec.annotations(split),
-        transform=build_transforms(augment, imgsz, max_size),
-        names=spec.names,
-    )
+) -> DetectionDataset:
+    """The `split` of `spec` (COCO, CrowdHuman or YOLO reader) with training (multi-scale + flip) or evaluation transforms."""
+    transform = build_transforms(augment, imgsz, max_size)
+    images, annotations = spec.images(split), spec.annotations(split)
+    if spec.format == "crowdhuman":
+        return CrowdHumanDetection(images_dir=images, ann_file=annotations, transform=transform, names=spec.names, box=spec.box or "fbox")
+    if spec.format == "yolo":
+        return YoloDetection(images_dir=images, labels_dir=annotations, transform=transform, names=spec.names)
+    return CocoDetection(images_dir=images, ann_file=annotations, transform=transform, names=spec.names)
 
 
 def build_dataloader(

@@ -6,6 +6,12 @@
     root/annotations/{train,val}.json     # COCO: images, annotations (bbox = VISIBLE extent), categories
     root/generate.json                    # the generator settings, to detect a stale cache
 
+and, on request (`shapes_formats.write_extra_format`, on first use of data/shapes-yolo.yaml or
+data/shapes-crowdhuman.yaml), the same scenes in the two other formats, next to those files:
+
+    root/labels/{train,val}/000000.txt                  # YOLO: cls xc yc w h, normalised
+    root/crowdhuman/annotation_{train,val}.odgt         # CrowdHuman: one class, fbox + vbox, ignores
+
 Each image holds 8-24 objects of 4 classes with sizes log-uniform from 8 px to half the shorter
 image side. Objects are painted in order onto an instance-id map, so later objects occlude
 earlier ones and each box is the bounding box of the pixels still visible at the end. A new
@@ -141,6 +147,15 @@ class Scene:
         return out
 
 
+    def full_boxes(self) -> np.ndarray:
+        """(N, 4) float32 xyxy pixel-edge boxes of each object as drawn, occluded parts included."""
+        out = np.zeros((len(self), 4), np.float32)
+        for k, (y0, x0, mask) in enumerate(self.masks):
+            rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+            out[k] = (x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1)
+        return out
+
+
 def render_image(scene: Scene, background: np.ndarray, colors: np.ndarray) -> np.ndarray:
     """Fill each object's visible pixels with its colour: background (H, W, 3) float32, colors (N, 3)."""
     palette = np.concatenate([np.zeros((1, 3), np.float32), colors.astype(np.float32)])  # (N+1, 3)
@@ -196,8 +211,8 @@ def _pick_color(rng: np.random.Generator, avoid: np.ndarray) -> np.ndarray:
     return candidates[distance.argmax()]
 
 
-def _make_image(rng: np.random.Generator, cfg: ShapesConfig):
-    """One image: returns (uint8 BGR image, boxes (N, 4) xyxy, labels (N,), visible pixels (N,))."""
+def _make_scene(rng: np.random.Generator, cfg: ShapesConfig):
+    """The random content of one image: (scene, background (H, W, 3) float32, colors (N, 3))."""
     height = int(rng.integers(cfg.height[0] // 8, cfg.height[1] // 8 + 1)) * 8
     width = int(rng.integers(cfg.width[0] // 8, cfg.width[1] // 8 + 1)) * 8
     background = _background(rng, height, width)
@@ -236,7 +251,13 @@ def _make_image(rng: np.random.Generator, cfg: ShapesConfig):
             centers.append(center)
             sizes.append(size)
             break
-    image = render_image(scene, background, np.array(colors).reshape(-1, 3))
+    return scene, background, np.array(colors).reshape(-1, 3)
+
+
+def _make_image(rng: np.random.Generator, cfg: ShapesConfig):
+    """One image: returns (uint8 BGR image, boxes (N, 4) xyxy, labels (N,), visible pixels (N,))."""
+    scene, background, colors = _make_scene(rng, cfg)
+    image = render_image(scene, background, colors)
     image = cv2.GaussianBlur(image, (3, 3), 0.6)  # soften the aliased edges like a camera would
     noise = rng.standard_normal(image.shape, dtype=np.float32)
     noise *= rng.uniform(3, 10)

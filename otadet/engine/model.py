@@ -94,7 +94,7 @@ class Detector:
         return result["metrics"]
 
     def val(self, **kwargs) -> dict:
-        """COCO metrics (pycocotools) on the `split` of `data`."""
+        """Benchmark metrics on the `split` of `data`: COCOeval (COCO, YOLO) or MR⁻²/AP/recall (CrowdHuman)."""
         from .validator import validate
 
         args = self._args(kwargs, "val")
@@ -110,7 +110,8 @@ class Detector:
         metrics = validate(
             self.net, loader, conf=DEFAULT_CONF["val"] if args.conf is None else args.conf, iou=args.iou, max_det=args.max_det,
             pre_nms_topk=args.pre_nms_topk, device=device, names=self.names,
-            save_json=save_dir / "detections.json" if args.save_json else None, verbose=args.verbose,
+            save_json=save_dir / ("detections.odgt" if spec.format == "crowdhuman" else "detections.json") if args.save_json else None,
+            verbose=args.verbose,
         )  # fmt: skip
         metrics["save_dir"] = str(save_dir)
         (save_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))

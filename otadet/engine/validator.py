@@ -1,7 +1,9 @@
-"""Validation: dense outputs -> NMS -> COCO results in original-image pixels -> pycocotools COCOeval.
+"""Validation: dense outputs -> NMS -> detections in annotation pixels -> the dataset's benchmark metric.
 
-`validate` is what the trainer calls every epoch and `Detector.val` calls once; `coco_evaluate`
-is the pycocotools wrapper both use. Shapes: B=batch, A=anchor points, C=classes, N=detections.
+COCO and YOLO data are scored by pycocotools' COCOeval (YOLO labels as an in-memory COCO
+index), CrowdHuman by `otadet.metrics.crowdhuman` (MR⁻², AP, recall). `validate` is what the
+trainer calls every epoch and `Detector.val` calls once; `coco_evaluate` is the pycocotools
+wrapper. Shapes: B=batch, A=anchor points, C=classes, N=detections.
 """
 
 import contextlib
@@ -19,14 +21,19 @@ from pycocotools.cocoeval import COCOeval
 from torch import nn
 from tqdm import tqdm
 
+from ..datasets.crowdhuman import is_ignore as crowdhuman_ignored
+from ..metrics import crowdhuman
 from ..postprocess import dense_scores, nms
 from ..utils.log import LOGGER
 
-__all__ = ["METRIC_KEYS", "coco_evaluate", "validate", "input_sizes"]
+__all__ = ["METRIC_KEYS", "CROWDHUMAN_KEYS", "coco_evaluate", "validate", "input_sizes"]
 
 # COCOeval.stats[0..11], in order.
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 _TABLE_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# CrowdHuman: the benchmark's three, plus AP50 (= AP, whose IoU threshold is 0.5) and AP75 (the
+# same AP at IoU 0.75) so every dataset gives the trainer the same columns.
+CROWDHUMAN_KEYS = ("mMR", "AP", "recall", "AP50", "AP75")
 
 
 def _run_cocoeval(coco_gt: COCO, detections: list[dict], image_ids: list[int] | None, verbose: bool) -> COCOeval | None:
@@ -126,28 +133,26 @@ def validate(
     save_json: Path | None = None,
     verbose: bool = True,
 ) -> dict:
-    """COCO bbox metrics of `model` (already on `device`) over `loader` (a CocoDetection loader).
+    """Benchmark metrics of `model` (already on `device`) over `loader` (a DetectionDataset loader).
 
-    Per batch: model -> dense_scores -> nms (clipped to each unpadded input), boxes mapped back
-    to the annotation file's pixels, then COCOeval on the images seen. Prints a table (per
-    class too if verbose) and the speed. Returns METRIC_KEYS floats, 'per_class'
-    {name: AP}, 'images', 'instances' and 'speed' {preprocess, inference, postprocess} in ms
-    per image. `save_json` writes the COCO results list there.
+    Per batch: model -> dense_scores -> nms (clipped to each unpadded input) -> boxes mapped back
+    to the annotation's pixels. Then, on the images seen: COCO/YOLO data -> COCOeval, returning
+    METRIC_KEYS floats and 'per_class' {name: AP}; CrowdHuman -> CROWDHUMAN_KEYS floats. Both
+    add 'images', 'instances' and 'speed' {preprocess, inference, postprocess} in ms per image,
+    and print a table (per class too if verbose). `save_json` writes the detections there: a
+    COCO results list, or for CrowdHuman one .odgt-style JSON record per line.
     """
     dataset = loader.dataset
-    if not (hasattr(dataset, "coco") and hasattr(dataset, "cat_ids")):
+    if not hasattr(dataset, "image_size") or not hasattr(dataset, "format"):
         raise TypeError(
-            f"validate needs a loader over a CocoDetection dataset (with .coco and .cat_ids), got {type(dataset).__name__}; "
+            f"validate needs a loader over a DetectionDataset (COCO, CrowdHuman or YOLO reader), got {type(dataset).__name__}; "
             "build it with otadet.datasets.loader.build_dataloader"
         )
-    coco_gt: COCO = dataset.coco
-    cat_ids = torch.as_tensor(dataset.cat_ids, dtype=torch.float64)  # contiguous label -> COCO category id
     names = dict(enumerate(names)) if not isinstance(names, dict) else names
     was_training = model.training
     model.eval()
 
-    results: list[dict] = []
-    seen: set[int] = set()  # image ids evaluated; an unreadable file makes the dataset repeat the next image
+    detections: dict[int, torch.Tensor] = {}  # image id -> (N, 6) x1 y1 x2 y2 score label, annotation pixels
     times = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
     bar = tqdm(loader, desc="val", bar_format="{l_bar}{bar:20}{r_bar}", leave=False)
     start = time.perf_counter()
@@ -159,28 +164,21 @@ def validate(
             t_infer = _sync(device)
             scores = dense_scores(outputs.cls_logits, outputs.iou_logits)  # (B, A, C)
             sizes = input_sizes(batch.orig_sizes, batch.scales)  # (B, 2) h, w
-            detections = nms(
+            kept = nms(
                 outputs.boxes, scores, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk,
                 image_sizes=sizes.to(outputs.boxes.dtype),
             )  # fmt: skip
-            for k, dets in enumerate(detections):
+            for k, dets in enumerate(kept):
                 image_id = int(batch.image_ids[k])
-                if image_id in seen:
+                if image_id in detections:  # an unreadable file makes the dataset repeat the next image
                     continue
-                seen.add(image_id)
-                info = coco_gt.imgs[image_id]
                 # Input pixels -> annotation pixels by the exact per-axis ratio (the resize rounds
-                # each side; the json size also covers a file whose size differs from the json).
+                # each side; the annotation's size also covers a file of another size).
+                ann_h, ann_w = dataset.image_size(image_id)
                 h, w = sizes[k].tolist()
-                ratio = torch.tensor([info["width"] / w, info["height"] / h] * 2, dtype=torch.float64)
+                ratio = torch.tensor([ann_w / w, ann_h / h] * 2, dtype=torch.float64)
                 dets = dets.double().cpu()  # (N, 6)
-                xyxy = dets[:, :4] * ratio  # (N, 4)
-                xywh = torch.cat((xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]), 1)  # (N, 4) COCO top-left x, y, w, h
-                categories = cat_ids[dets[:, 5].long()]  # (N,)
-                results += [
-                    {"image_id": image_id, "category_id": int(c), "bbox": [round(v, 3) for v in box], "score": round(s, 5)}
-                    for box, s, c in zip(xywh.tolist(), dets[:, 4].tolist(), categories.tolist())
-                ]
+                detections[image_id] = torch.cat((dets[:, :4] * ratio, dets[:, 4:]), 1)
             t_post = time.perf_counter()
             times["preprocess"] += t_pre - start
             times["inference"] += t_infer - t_pre
@@ -190,18 +188,46 @@ def validate(
         bar.close()
         model.train(was_training)
 
-    image_ids = sorted(seen)
-    num_images = len(image_ids)
-    speed = {k: 1000 * v / max(num_images, 1) for k, v in times.items()}
-    if save_json is not None:
-        save_json = Path(save_json)
-        save_json.parent.mkdir(parents=True, exist_ok=True)
-        save_json.write_text(json.dumps(results))
-        LOGGER.info(f"{len(results)} detections saved to {save_json}")
+    speed = {k: 1000 * v / max(len(detections), 1) for k, v in times.items()}
+    score = _crowdhuman_metrics if dataset.format == "crowdhuman" else _coco_metrics
+    metrics = score(dataset, detections, names=names, save_json=save_json, verbose=verbose)
+    LOGGER.info(
+        f"Speed: {speed['preprocess']:.1f}ms preprocess, {speed['inference']:.1f}ms inference, "
+        f"{speed['postprocess']:.1f}ms postprocess per image ({len(detections)} images)"
+    )
+    return {**metrics, "speed": speed}
 
+
+def _save(save_json: Path | None, text: str, count: int) -> None:
+    if save_json is None:
+        return
+    save_json = Path(save_json)
+    save_json.parent.mkdir(parents=True, exist_ok=True)
+    save_json.write_text(text)
+    LOGGER.info(f"{count} detections saved to {save_json}")
+
+
+def _xywh(dets: torch.Tensor) -> list[list[float]]:
+    """(N, 6) xyxy detections -> [x, y, w, h] rounded to 1/1000 px, as saved and scored."""
+    xywh = torch.cat((dets[:, :2], dets[:, 2:4] - dets[:, :2]), 1)  # (N, 4) top-left x, y, w, h
+    return [[round(v, 3) for v in box] for box in xywh.tolist()]
+
+
+def _coco_metrics(dataset, detections: dict, *, names: dict, save_json: Path | None, verbose: bool) -> dict:
+    """COCOeval on the images seen; the COCO json's own index, or the labels as an in-memory one."""
+    coco_gt: COCO = dataset.coco_gt()
+    cat_ids = list(getattr(dataset, "cat_ids", range(1, dataset.num_classes + 1)))  # label -> category id
+    results = [
+        {"image_id": image_id, "category_id": cat_ids[int(label)], "bbox": box, "score": round(s, 5)}
+        for image_id, dets in detections.items()
+        for box, s, label in zip(_xywh(dets), dets[:, 4].tolist(), dets[:, 5].tolist())
+    ]
+    _save(save_json, json.dumps(results), len(results))
+    image_ids = sorted(detections)
+    num_images = len(image_ids)
     gt = [coco_gt.anns[a] for a in coco_gt.getAnnIds(imgIds=image_ids, iscrowd=False)] if num_images else []
-    instances = {c: 0 for c in dataset.cat_ids}  # COCO category id -> gts in the images seen
-    images_with: dict[int, set[int]] = {c: set() for c in dataset.cat_ids}
+    instances = {c: 0 for c in cat_ids}  # category id -> gts in the images seen
+    images_with: dict[int, set[int]] = {c: set() for c in cat_ids}
     for ann in gt:
         instances[ann["category_id"]] += 1
         images_with[ann["category_id"]].add(ann["image_id"])
@@ -218,21 +244,41 @@ def validate(
     LOGGER.info(_format_row("all", num_images, len(gt), metrics))
     if verbose:
         nan_row = {k: math.nan for k in _TABLE_KEYS}
-        for label, cat_id in enumerate(dataset.cat_ids):
+        for label, cat_id in enumerate(cat_ids):
             row = per_class.get(cat_id, nan_row)
             LOGGER.info(_format_row(str(names.get(label, label)), len(images_with[cat_id]), instances[cat_id], row))
-    LOGGER.info(
-        f"Speed: {speed['preprocess']:.1f}ms preprocess, {speed['inference']:.1f}ms inference, "
-        f"{speed['postprocess']:.1f}ms postprocess per image ({num_images} images)"
-    )
     return {
         **metrics,
         "per_class": {
             str(names.get(label, label)): per_class[cat_id]["AP"]
-            for label, cat_id in enumerate(dataset.cat_ids)
+            for label, cat_id in enumerate(cat_ids)
             if instances[cat_id] and cat_id in per_class
         },
         "images": num_images,
         "instances": len(gt),
-        "speed": speed,
     }
+
+
+def _crowdhuman_metrics(dataset, detections: dict, *, names: dict, save_json: Path | None, verbose: bool) -> dict:
+    """CrowdHuman MR⁻², AP, recall (and AP75) on the images seen, from the records that are saved."""
+    image_ids = sorted(detections)
+    gt_records = dataset.gt_records(image_ids)
+    dt_records = [
+        {
+            "ID": record["ID"], "height": record["height"], "width": record["width"],
+            "dtboxes": [{"box": box, "score": round(s, 5), "tag": 1} for box, s in zip(_xywh(dets), dets[:, 4].tolist())],
+        }
+        for record, dets in zip(gt_records, (detections[i] for i in image_ids))
+    ]  # fmt: skip
+    _save(save_json, "".join(json.dumps(r) + "\n" for r in dt_records), sum(len(r["dtboxes"]) for r in dt_records))
+    metrics = crowdhuman.evaluate(gt_records, dt_records, 0.5, box_key=dataset.box)
+    metrics["AP50"] = metrics["AP"]
+    metrics["AP75"] = crowdhuman.evaluate(gt_records, dt_records, 0.75, box_key=dataset.box)["AP"]
+    entries = [e for r in gt_records for e in r["gtboxes"]]
+    ignored = sum(crowdhuman_ignored(e) for e in entries)
+    LOGGER.info(f"{'Class':>22}{'Images':>10}{'Instances':>11}{'Ignored':>9}{'MR⁻²':>8}{'AP':>8}{'Recall':>8}{'AP75':>8}")
+    LOGGER.info(
+        f"{str(names.get(0, 'person')):>22}{len(image_ids):>10}{len(entries) - ignored:>11}{ignored:>9}"
+        + "".join(f"{metrics[k]:>8.3f}" for k in ("mMR", "AP", "recall", "AP75"))
+    )
+    return {**{k: float(metrics[k]) for k in CROWDHUMAN_KEYS}, "images": len(image_ids), "instances": len(entries) - ignored}

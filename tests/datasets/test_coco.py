@@ -36,9 +36,9 @@ ANNOTATIONS = [
     {"id": 2, "image_id": 1, "category_id": 3, "bbox": [30, 30, 0, 10], "iscrowd": 0},  # zero width: dropped
     {"id": 3, "image_id": 1, "category_id": 3, "bbox": [180, 80, 50, 50], "iscrowd": 0},  # clipped to 200x100
     {"id": 4, "image_id": 1, "category_id": 3, "bbox": [250, 10, 20, 20], "iscrowd": 0},  # outside: dropped
-    {"id": 5, "image_id": 1, "category_id": 3, "bbox": [0, 0, 50, 50], "iscrowd": 1},  # crowd: skipped
+    {"id": 5, "image_id": 1, "category_id": 3, "bbox": [0, 0, 50, 50], "iscrowd": 1},  # crowd: an ignore region
     {"id": 6, "image_id": 1, "category_id": 3, "bbox": [60, 10, 20, 30], "iscrowd": 0},
-    {"id": 7, "image_id": 5, "category_id": 3, "bbox": [0, 0, 10, 10], "iscrowd": 0},
+    {"id": 7, "image_id": 5, "category_id": 3, "bbox": [0, 0, 10, 10], "iscrowd": 0},  # image file missing
 ]
 
 
@@ -51,11 +51,14 @@ def dataset(tmp_path, otadet_log):
 
 def test_category_mapping_and_counts(dataset, otadet_log):
     assert dataset.cat_ids == [3, 7] and dataset.names == ["cat", "dog"]
-    assert dataset.ids == [1, 2, 5] and len(dataset) == 3
+    assert dataset.ids == [1, 2] and len(dataset) == 2 and dataset.num_missing == 1  # c.png is missing
     assert (dataset.num_clipped, dataset.num_dropped, dataset.num_crowd) == (1, 2, 1)
-    summary = [m for m in otadet_log if "ann.json" in m]
+    missing = [m for m in otadet_log if "missing" in m]
+    assert len(missing) == 1 and "1 of 3 images" in missing[0] and "c.png" in missing[0]
+    summary = [m for m in otadet_log if "ann.json" in m and "clipped" in m]
     assert len(summary) == 1
-    assert "1 boxes clipped" in summary[0] and "2 empty or outside boxes dropped" in summary[0] and "1 crowd" in summary[0]
+    assert "1 boxes clipped" in summary[0] and "2 empty or outside boxes dropped" in summary[0]
+    assert "1 crowd boxes kept as ignore regions" in summary[0]
     assert dataset.coco.getImgIds() == [1, 2, 5]
 
 
@@ -65,6 +68,7 @@ def test_boxes_after_resize(dataset):
     expected = [[5, 10, 25, 25], [90, 40, 100, 50], [30, 5, 40, 20]]  # (ann 1, 3, 6) * 0.5
     np.testing.assert_allclose(target["boxes"].numpy(), expected)
     assert target["labels"].tolist() == [1, 0, 0]  # COCO 7 -> 1, COCO 3 -> 0
+    np.testing.assert_allclose(target["ignore_boxes"].numpy(), [[0, 0, 25, 25]])  # the crowd box * 0.5
     assert target["image_id"] == 1 and target["orig_size"] == (100, 200) and target["scale"] == 0.5
     assert target["path"].endswith("a.png")
     # Red BGR pixels arrive as RGB, normalised with the ImageNet statistics.
@@ -76,28 +80,45 @@ def test_image_without_objects(dataset):
     image, target = dataset[1]
     assert image.shape == (3, 50, 75) and target["scale"] == 0.625
     assert target["boxes"].shape == (0, 4) and target["labels"].shape == (0,)
+    assert target["ignore_boxes"].shape == (0, 4)
     assert target["image_id"] == 2 and target["orig_size"] == (80, 120)
 
 
-def test_missing_image_gives_the_next_one_and_warns_once(dataset, otadet_log):
+def test_image_deleted_later_gives_the_next_one_and_warns_once(dataset, otadet_log):
+    (dataset.images_dir / "b.png").unlink()
     for _ in range(2):
-        _, target = dataset[2]  # c.png missing -> wraps to a.png
+        _, target = dataset[1]  # b.png gone -> wraps to a.png
         assert target["image_id"] == 1
-    warnings = [m for m in otadet_log if "c.png" in m]
+    warnings = [m for m in otadet_log if "b.png" in m]
     assert len(warnings) == 1 and "missing" in warnings[0]
 
 
 def test_corrupt_image_is_skipped(dataset, otadet_log):
     (dataset.images_dir / "b.png").write_bytes(b"not a png at all")
     _, target = dataset[1]
-    assert target["image_id"] == 1  # b broken, c missing -> a
+    assert target["image_id"] == 1  # b broken -> a
     assert any("b.png" in m and "corrupt" in m for m in otadet_log)
 
 
-def test_unknown_category_names_file_and_id(tmp_path):
-    bad = ANNOTATIONS + [{"id": 8, "image_id": 2, "category_id": 9, "bbox": [0, 0, 5, 5], "iscrowd": 0}]
+def test_unknown_category_is_skipped_with_one_warning(tmp_path, otadet_log):
+    bad = ANNOTATIONS + [
+        {"id": 8, "image_id": 2, "category_id": 9, "bbox": [0, 0, 5, 5], "iscrowd": 0},
+        {"id": 9, "image_id": 2, "category_id": 9, "bbox": [1, 1, 5, 5], "iscrowd": 0},
+        {"id": 10, "image_id": 77, "category_id": 3, "bbox": [1, 1, 5, 5], "iscrowd": 0},  # unknown image
+    ]
     images_dir, ann_file = _write_dataset(tmp_path, bad)
-    with pytest.raises(ValueError, match=r"ann\.json.*category_id 9"):
+    dataset = CocoDetection(images_dir=images_dir, ann_file=ann_file, transform=build_transforms(False, 50, 1000))
+    warnings = [m for m in otadet_log if "category_id" in m]
+    assert len(warnings) == 1 and "ann.json" in warnings[0] and "2 annotations" in warnings[0] and "9" in warnings[0]
+    assert any("1 annotations with an unknown image_id" in m for m in otadet_log)
+    assert dataset[1][1]["boxes"].shape == (0, 4)  # image 2 keeps no box
+
+
+def test_no_image_left_fails(tmp_path):
+    images_dir, ann_file = _write_dataset(tmp_path, ANNOTATIONS)
+    for f in images_dir.iterdir():
+        f.unlink()
+    with pytest.raises(ValueError, match="no valid image left"):
         CocoDetection(images_dir=images_dir, ann_file=ann_file, transform=build_transforms(False, 50, 1000))
 
 

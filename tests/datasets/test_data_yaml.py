@@ -54,8 +54,41 @@ def test_missing_key_and_wrong_type(tmp_path):
         load_data(_yaml(tmp_path, {k: v for k, v in MINI.items() if k != "val_annotations"}))
     with pytest.raises(DataError, match="'train' must be str"):
         load_data(_yaml(tmp_path, {**MINI, "train": 3}))
-    with pytest.raises(DataError, match="format 'yolo' is not supported"):
-        load_data(_yaml(tmp_path, {**MINI, "format": "yolo"}))
+    with pytest.raises(DataError, match="format 'voc' is not supported — use one of coco, crowdhuman, yolo"):
+        load_data(_yaml(tmp_path, {**MINI, "format": "voc"}))
+    with pytest.raises(DataError, match="format yolo reads labels"):
+        load_data(_yaml(tmp_path, {**MINI, "format": "yolo", "names": ["a"]}))
+    yolo = {k: v for k, v in MINI.items() if not k.endswith("annotations")}
+    with pytest.raises(DataError, match="format yolo needs 'names:'"):
+        load_data(_yaml(tmp_path, {**yolo, "format": "yolo"}))
+    with pytest.raises(DataError, match="keys 0..1"):
+        load_data(_yaml(tmp_path, {**yolo, "format": "yolo", "names": {0: "a", 2: "b"}}))
+    with pytest.raises(DataError, match="'box' is for format crowdhuman only"):
+        load_data(_yaml(tmp_path, {**MINI, "box": "fbox"}))
+    with pytest.raises(DataError, match="one of fbox, vbox"):
+        load_data(_yaml(tmp_path, {**yolo, "format": "crowdhuman", "box": "hbox"}))
+
+
+def test_yolo_and_crowdhuman_layouts(tmp_path):
+    root = tmp_path / "datasets" / "mini"
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+    yolo = {k: v for k, v in MINI.items() if not k.endswith("annotations")}
+    spec = load_data(_yaml(tmp_path, {**yolo, "format": "yolo", "names": {0: "a", 1: "b"}}))
+    assert spec.names == ["a", "b"] and spec.annotations("val") == root / "labels" / "val" and spec.box is None
+    for split in ("train", "val"):
+        (root / f"annotation_{split}.odgt").write_text("")
+    spec = load_data(_yaml(tmp_path, {**yolo, "format": "crowdhuman"}))
+    assert spec.names == ["person"] and spec.box == "fbox"
+    assert spec.annotations("train") == root / "annotation_train.odgt"
+
+
+def test_shipped_crowdhuman_yaml_names_paths_and_download(tmp_path):
+    with pytest.raises(FileNotFoundError) as error:
+        load_data("crowdhuman")
+    message = str(error.value)
+    assert str(tmp_path / "datasets" / "crowdhuman") in message and "crowdhuman.org/download.html" in message
+    assert "data/crowdhuman" in message  # next to the YAML was looked at too
 
 
 def test_missing_dataset_names_paths_and_download(tmp_path):

@@ -1,0 +1,243 @@
+"""What every dataset reader shares: packed boxes and ignore regions, image reading, the sample dict.
+
+A reader (COCO json, CrowdHuman .odgt, YOLO txt) parses its files once into arrays and hands
+them to `DetectionDataset.__init__`; from there on the three behave alike. Boxes are xyxy in
+the pixels of the annotation's image size (`sizes`), clipped to it; boxes that are empty or
+outside after clipping are dropped and counted. Shape letters: I = images, M = boxes of the
+whole dataset, N = boxes of one image, K = ignore regions of the whole dataset.
+"""
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..utils.log import LOGGER
+
+__all__ = ["DetectionDataset", "read_image", "image_sizes", "IMAGE_SUFFIXES"]
+
+Transform = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, np.ndarray, float]]
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray | None:
+    """uint8 (H, W, 3) BGR, or None if missing or undecodable. EXIF rotation is ignored, as in COCO's sizes."""
+    return cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """(h, w) from the file header without decoding the pixels (EXIF rotation ignored), or None."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            w, h = image.size
+        return int(h), int(w)
+    except (OSError, UnidentifiedImageError):
+        return None
+
+
+def image_sizes(paths: Sequence[Path], cache_file: Path) -> list[tuple[int, int] | None]:
+    """(h, w) of each image (None if missing or unreadable), read from headers once and cached.
+
+    The cache is a json {file name: [h, w, mtime_ns]} at `cache_file`; entries whose file
+    changed are read again. A cache that cannot be written is only kept in memory.
+    """
+    try:
+        cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        cache = {}
+    out, changed = [], False
+    for path in paths:
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            out.append(None)
+            continue
+        entry = cache.get(path.name)
+        if entry is None or entry[2] != mtime:
+            size = _header_size(path)
+            if size is None:
+                out.append(None)
+                continue
+            cache[path.name], changed = [*size, mtime], True
+            entry = cache[path.name]
+        out.append((entry[0], entry[1]))
+    if changed:
+        try:
+            partial = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
+            partial.write_text(json.dumps(cache))
+            partial.replace(cache_file)
+        except OSError as e:
+            LOGGER.warning(f"WARNING: could not cache image sizes in {cache_file} ({e}); they are read again next time")
+    return out
+
+
+def _pack(image_index: np.ndarray, xyxy: np.ndarray, num_images: int):
+    """Sort rows by image: -> order (M,), offsets (I+1,) where image i owns rows offsets[i]:offsets[i+1]."""
+    order = np.argsort(image_index, kind="stable")
+    counts = np.bincount(image_index, minlength=num_images)
+    return order, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
+class DetectionDataset(Dataset):
+    """Images with boxes, labels and ignore regions, read by a format-specific subclass.
+
+    `dataset[i] -> (image, target)`: image float32 (3, H, W) from `transform`; target a dict
+    with boxes float32 (N, 4) xyxy in the transformed image's pixels, labels int64 (N,),
+    ignore_boxes float32 (K_i, 4) in the same pixels (transformed exactly like the boxes),
+    image_id int, orig_size (h, w) of the file, scale float (transformed / original), path str.
+    An image file that cannot be read at run time is skipped with one warning: the next
+    readable image is returned.
+    """
+
+    format = "?"
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        images_dir: Path,
+        files: Sequence[str],
+        sizes: np.ndarray,
+        image_ids: Sequence[int],
+        names: Sequence[str],
+        transform: Transform,
+        box_image: np.ndarray,
+        boxes: np.ndarray,
+        labels: np.ndarray,
+        ignore_image: np.ndarray,
+        ignore_boxes: np.ndarray,
+        notes: Sequence[str] = (),
+    ):
+        """Arrays: sizes (I, 2) (h, w); box_image (M,), boxes (M, 4) xyxy, labels (M,);
+        ignore_image (K,), ignore_boxes (K, 4). `notes` are counts the reader adds to the one summary line."""
+        self.source, self.images_dir, self.transform = source, Path(images_dir), transform
+        self._files, self._sizes = list(files), np.asarray(sizes, np.int64).reshape(-1, 2)
+        self.ids: list[int] = [int(i) for i in image_ids]
+        self.names: list[str] = list(names)
+        if not self.ids:
+            raise ValueError(f"{source}: no valid image left — fix the warnings above or check the image folder {images_dir}")
+        self._index_of = {image_id: i for i, image_id in enumerate(self.ids)}
+        boxes, keep_b, clipped_b = self._clip(np.asarray(box_image, np.int64), boxes)
+        ignores, keep_i, _ = self._clip(np.asarray(ignore_image, np.int64), ignore_boxes)
+        box_image, labels = np.asarray(box_image, np.int64)[keep_b], np.asarray(labels, np.int64)[keep_b]
+        ignore_image = np.asarray(ignore_image, np.int64)[keep_i]
+        order, self._offsets = _pack(box_image, boxes, len(self.ids))
+        self._boxes, self._labels = boxes[order].astype(np.float32), labels[order]  # (M, 4), (M,)
+        order, self._ignore_offsets = _pack(ignore_image, ignores, len(self.ids))
+        self._ignores = ignores[order].astype(np.float32)  # (K, 4)
+        self.num_clipped, self.num_dropped = clipped_b, int((~keep_b).sum())
+        parts = [*notes]
+        if self.num_clipped:
+            parts.append(f"{self.num_clipped} boxes clipped to their image")
+        if self.num_dropped:
+            parts.append(f"{self.num_dropped} empty or outside boxes dropped")
+        if parts:
+            LOGGER.info(f"{source}: {', '.join(parts)} ({len(self._boxes)} boxes, {len(self._ignores)} ignore regions kept)")
+        self._bad: set[int] = set()  # indices found unreadable, in this process
+        self._resized: set[int] = set()  # indices whose file size differs from the annotation, warned once
+
+    def _clip(self, image_index: np.ndarray, xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """Clip (M, 4) xyxy to each row's image -> (kept boxes, keep mask (M,), number changed)."""
+        xyxy = np.asarray(xyxy, np.float64).reshape(-1, 4)
+        hw = self._sizes[image_index]  # (M, 2)
+        limit = np.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], 1)  # (M, 4) w, h, w, h
+        clipped = np.clip(xyxy, 0, limit)
+        keep = np.isfinite(xyxy).all(1) & (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+        return clipped[keep], keep, int((keep & np.any(clipped != xyxy, 1)).sum())
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    def image_path(self, index: int) -> Path:
+        return self.images_dir / self._files[index]
+
+    def image_size(self, image_id: int) -> tuple[int, int]:
+        """(h, w) of the annotation's image `image_id` (the frame its boxes are in)."""
+        h, w = self._sizes[self._index_of[image_id]]
+        return int(h), int(w)
+
+    def annotations(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boxes (N, 4) xyxy, labels (N,), ignore boxes (K_i, 4) of image `index`, in annotation pixels."""
+        a, b = self._offsets[index], self._offsets[index + 1]
+        c, d = self._ignore_offsets[index], self._ignore_offsets[index + 1]
+        return self._boxes[a:b], self._labels[a:b], self._ignores[c:d]
+
+    def _read(self, index: int) -> np.ndarray | None:
+        """The image at `index`, or None after warning once that it cannot be read."""
+        if index in self._bad:
+            return None
+        path = self.image_path(index)
+        image = read_image(path)
+        if image is None:
+            self._bad.add(index)
+            reason = "cannot be decoded (corrupt?)" if path.is_file() else "is missing"
+            LOGGER.warning(f"WARNING: image {path} {reason} — skipped, using the next image instead")
+        return image
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        for step in range(len(self)):
+            i = (index + step) % len(self)
+            image = self._read(i)
+            if image is not None:
+                break
+        else:
+            raise RuntimeError(f"{self.images_dir}: none of the {len(self)} images of {self.source} can be read")
+        boxes, labels, ignores = self.annotations(i)
+        both = np.concatenate([boxes, ignores])  # (N + K_i, 4): ignore regions go through the same steps
+        h, w = image.shape[:2]
+        ann_h, ann_w = self._sizes[i]
+        if (h, w) != (ann_h, ann_w):
+            if i not in self._resized:
+                self._resized.add(i)
+                LOGGER.warning(
+                    f"WARNING: {self.image_path(i)} is {w}x{h} but {self.source} says {ann_w}x{ann_h}, boxes rescaled"
+                )
+            both = both * np.array([w / ann_w, h / ann_h, w / ann_w, h / ann_h], np.float32)
+        tensor, both, scale = self.transform(image, both)
+        # Transforms map boxes row by row (resize, flip, clip) and never drop one.
+        assert len(both) == len(boxes) + len(ignores), "a transform changed the number of boxes"
+        both = torch.from_numpy(np.ascontiguousarray(both, np.float32)).reshape(-1, 4)
+        target = {
+            "boxes": both[: len(boxes)],
+            "labels": torch.from_numpy(labels.copy()),
+            "ignore_boxes": both[len(boxes) :],
+            "image_id": int(self.ids[i]),
+            "orig_size": (int(h), int(w)),
+            "scale": float(scale),
+            "path": str(self.image_path(i)),
+        }
+        return tensor, target
+
+    def coco_gt(self):
+        """The annotations as an in-memory pycocotools COCO (category id = label + 1, ignore regions iscrowd=1)."""
+        import contextlib
+        import io
+
+        from pycocotools.coco import COCO
+
+        images = [{"id": image_id, "width": int(w), "height": int(h), "file_name": f}
+                  for image_id, (h, w), f in zip(self.ids, self._sizes.tolist(), self._files)]  # fmt: skip
+        anns = []
+        for i, image_id in enumerate(self.ids):
+            boxes, labels, ignores = self.annotations(i)
+            for rows, crowd in ((zip(boxes.tolist(), labels.tolist()), 0), (((b, 0) for b in ignores.tolist()), 1)):
+                for (x0, y0, x1, y1), label in rows:
+                    anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": label + 1, "iscrowd": crowd,
+                                 "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0)})  # fmt: skip
+        coco = COCO()
+        coco.dataset = {"images": images, "annotations": anns,
+                        "categories": [{"id": k + 1, "name": n} for k, n in enumerate(self.names)]}  # fmt: skip
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+        return coco
