@@ -30,3 +30,30 @@ def otadet_log():
     LOGGER.addHandler(handler)
     yield handler.messages
     LOGGER.removeHandler(handler)
+
+
+@pytest.fixture(scope="session")
+def shapes_formats(tmp_path_factory):
+    """Data YAMLs of one small generated shapes dataset in all three formats: {'coco'|'crowdhuman'|'yolo': yaml}.
+
+    The CrowdHuman and YOLO files are written on first use by `load_data`, as for the shipped YAMLs.
+    """
+    import yaml
+
+    from otadet.datasets.data_yaml import load_data
+
+    tmp = tmp_path_factory.mktemp("formats")
+    common = {"builtin": "shapes", "path": str(tmp / "shapes"), "generate": {"seed": 2, "num_train": 8, "num_val": 4},
+              "train": "images/train", "val": "images/val"}  # fmt: skip
+    specs = {
+        "coco": {"format": "coco", "train_annotations": "annotations/train.json", "val_annotations": "annotations/val.json"},
+        "crowdhuman": {"format": "crowdhuman", "train_annotations": "crowdhuman/annotation_train.odgt",
+                       "val_annotations": "crowdhuman/annotation_val.odgt", "names": ["person"]},  # fmt: skip
+        "yolo": {"format": "yolo", "names": {0: "circle", 1: "rectangle", 2: "triangle", 3: "cross"}},
+    }
+    out = {}
+    for name, extra in specs.items():
+        out[name] = tmp / f"{name}.yaml"
+        out[name].write_text(yaml.safe_dump({**common, **extra}))
+        load_data(out[name])  # generates on first use
+    return out

@@ -2,17 +2,21 @@
 
 The reference is pycocotools' COCOeval on the same annotation file and detections; the
 coordinate mapping is checked with a fake network that echoes each image's gt boxes in input
-pixels, which must score AP 1.0 once mapped back to the annotation file's pixels.
+pixels, which must score AP 1.0 once mapped back to the annotation file's pixels. The same
+fake network on CrowdHuman data scores recall 1 and MR⁻² 0, and the saved .odgt detections,
+scored again, give the returned numbers; on YOLO data it scores AP 1.0 through COCOeval.
 """
 
 import contextlib
 import io
 import json
+import logging
 import math
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import nn
@@ -22,6 +26,8 @@ from otadet.datasets.data_yaml import load_data
 from otadet.datasets.loader import build_dataloader
 from otadet.datasets.shapes import generate_shapes
 from otadet.engine.validator import METRIC_KEYS, coco_evaluate, input_sizes, validate
+from otadet.metrics import crowdhuman
+from otadet.utils.log import LOGGER
 from otadet.models.build import build_detector
 from otadet.models.detector import DenseOutputs
 
@@ -40,6 +46,8 @@ def data_yaml(tmp_path_factory, write_data_yaml):
         cat["id"] = CATEGORY_IDS[cat["id"]]
     for ann in data["annotations"]:
         ann["category_id"] = CATEGORY_IDS[ann["category_id"]]
+    for ann in data["annotations"][::15]:  # some crowd regions: ignore regions in training, iscrowd in COCOeval
+        ann["iscrowd"] = 1
     ann_file.write_text(json.dumps(data))
     return write_data_yaml(tmp / "shapes.yaml", path=root)
 
@@ -129,7 +137,8 @@ def test_validate_random_model(loader, tmp_path):
         save_json=save_json, verbose=False,
     )  # fmt: skip
     assert model.training, "validate restores the model's mode"
-    assert metrics["images"] == 6 and metrics["instances"] == len(loader.dataset.coco.anns)
+    crowd = sum(a["iscrowd"] for a in loader.dataset.coco.anns.values())
+    assert crowd > 0 and metrics["images"] == 6 and metrics["instances"] == len(loader.dataset.coco.anns) - crowd
     for key in METRIC_KEYS:
         assert math.isfinite(metrics[key]) and (0.0 <= metrics[key] <= 1.0 or metrics[key] == -1.0), key
     assert set(metrics["speed"]) == {"preprocess", "inference", "postprocess"}
@@ -169,6 +178,30 @@ class GtEcho(nn.Module):
         return DenseOutputs(cls_logits, boxes, iou_logits, points, torch.full((a,), 8.0))
 
 
+class NoisyEcho(GtEcho):
+    """GtEcho with its gt boxes jittered and given random scores, plus 30 random boxes of random score
+    per image: imperfect detections, fast (no network)."""
+
+    def __init__(self, batches, num_classes: int, seed: int = 0):
+        super().__init__(batches, num_classes)
+        self.rng = torch.Generator().manual_seed(seed)
+
+    def forward(self, images):
+        out = super().forward(images)
+        b, g = self.batches[self.calls - 1].gt_mask.shape
+        h, w = images.shape[2:]
+        size = (out.boxes[:, :g, 2:] - out.boxes[:, :g, :2]).repeat(1, 1, 2)  # (B, G, 4)
+        jitter = torch.randn(b, g, 4, generator=self.rng) * torch.rand(b, g, 1, generator=self.rng) * 0.3 * size
+        xy = torch.rand(b, 30, 2, generator=self.rng) * torch.tensor([w, h])
+        junk = torch.cat((xy, xy + 4 + torch.rand(b, 30, 2, generator=self.rng) * 40), 2)  # (B, 30, 4)
+        boxes = torch.cat((out.boxes[:, :g] + jitter, junk), 1)
+        cls = torch.cat((out.cls_logits[:, :g], torch.full((b, 30, self.num_classes), -20.0)), 1)
+        cls[:, g:, 0] = 20.0
+        iou = torch.randn(b, g + 30, generator=self.rng) * 2  # random scores
+        a = g + 30
+        return DenseOutputs(cls, boxes, iou, torch.zeros(a, 2), torch.full((a,), 8.0))
+
+
 def test_validate_maps_back_to_original_pixels(loader):
     batches = list(loader)
     assert any(len({tuple(s) for s in input_sizes(bt.orig_sizes, bt.scales).tolist()}) > 1 for bt in batches), (
@@ -191,3 +224,80 @@ def test_input_sizes_match_the_resize(loader):
         image, target = dataset[i]
         size = input_sizes(torch.tensor([target["orig_size"]]), torch.tensor([target["scale"]], dtype=torch.float32))
         assert size[0].tolist() == list(image.shape[1:])
+
+
+def _builtin_yaml(tmp, fmt: str, **extra):
+    spec = {"format": fmt, "builtin": "shapes", "path": str(tmp / "shapes"), "train": "images/train", "val": "images/val",
+            "generate": {"seed": 4, "num_train": 1, "num_val": 6}, **extra}  # fmt: skip
+    file = tmp / f"{fmt}.yaml"
+    file.write_text(yaml.safe_dump(spec))
+    return file
+
+
+@pytest.fixture(scope="module")
+def format_yamls(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("val_formats")
+    return {
+        "crowdhuman": _builtin_yaml(tmp, "crowdhuman", train_annotations="crowdhuman/annotation_train.odgt",
+                                    val_annotations="crowdhuman/annotation_val.odgt"),  # fmt: skip
+        "yolo": _builtin_yaml(tmp, "yolo", names=["c", "r", "t", "x"]),
+    }
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_validate_crowdhuman(format_yamls, tmp_path):
+    spec = load_data(format_yamls["crowdhuman"], require=("val",))
+    loader = build_dataloader(spec, "val", imgsz=IMGSZ, max_size=MAX_SIZE, batch=4, workers=0, shuffle=False)
+    dataset = loader.dataset
+    num_gts = len(dataset._boxes)
+    assert len(dataset._ignores) > 0, "the scenes have ignore regions"
+    save = tmp_path / "detections.odgt"
+    log = _Records()
+    LOGGER.addHandler(log)
+    try:
+        metrics = validate(GtEcho(list(loader), 1), loader, iou=1.0, device=torch.device("cpu"), names=["person"], save_json=save)
+    finally:
+        LOGGER.removeHandler(log)
+    # Every normal gt found, nothing else: miss rate 0 everywhere, and the toolkit's AP leaves out
+    # the first point's recall, 1/N.
+    assert metrics["recall"] == 1.0 and metrics["mMR"] == 0.0
+    assert metrics["AP"] == pytest.approx((num_gts - 1) / num_gts, abs=1e-12) and metrics["AP50"] == metrics["AP"]
+    assert metrics["images"] == 6 and metrics["instances"] == num_gts
+    records = [json.loads(line) for line in save.read_text().splitlines()]
+    assert [r["ID"] for r in records] == dataset.odgt_ids and all(d["tag"] == 1 for r in records for d in r["dtboxes"])
+    again = crowdhuman.evaluate(dataset.gt_records(), records)
+    assert again == {k: metrics[k] for k in ("mMR", "AP", "recall")}
+    assert any("MR⁻²" in m and "Recall" in m for m in log.messages), "the CrowdHuman table is printed"
+    # Imperfect detections: the returned numbers are the saved file's, scored again.
+    metrics = validate(NoisyEcho(list(loader), 1), loader, conf=0.01, iou=0.6, device=torch.device("cpu"), names=["person"],
+                       save_json=save, verbose=False)  # fmt: skip
+    records = [json.loads(line) for line in save.read_text().splitlines()]
+    assert crowdhuman.evaluate(dataset.gt_records(), records) == {k: metrics[k] for k in ("mMR", "AP", "recall")}
+    assert crowdhuman.evaluate(dataset.gt_records(), records, 0.75)["AP"] == metrics["AP75"]
+    assert 0.1 < metrics["AP"] < 0.9 and 0.1 < metrics["mMR"] < 1.0 and metrics["AP75"] < metrics["AP"]
+
+
+def test_validate_yolo(format_yamls, tmp_path):
+    spec = load_data(format_yamls["yolo"], require=("val",))
+    loader = build_dataloader(spec, "val", imgsz=IMGSZ, max_size=MAX_SIZE, batch=4, workers=0, shuffle=False)
+    metrics = validate(GtEcho(list(loader), 4), loader, iou=1.0, device=torch.device("cpu"), names=spec.names, verbose=False)
+    assert metrics["AP"] == 1.0 and metrics["images"] == 6
+    assert metrics["per_class"] == {"c": 1.0, "r": 1.0, "t": 1.0, "x": 1.0}
+    # Imperfect detections: the numbers equal pycocotools on the labels written out as a COCO json.
+    save_json = tmp_path / "detections.json"
+    metrics = validate(NoisyEcho(list(loader), 4), loader, conf=0.01, device=torch.device("cpu"), names=spec.names,
+                       save_json=save_json, verbose=False)  # fmt: skip
+    assert 0.1 < metrics["AP"] < 0.9
+    ann_file = tmp_path / "gt.json"
+    ann_file.write_text(json.dumps(loader.dataset.coco_gt().dataset))
+    reference = _reference_stats(ann_file, json.loads(save_json.read_text()))
+    for key, value in zip(METRIC_KEYS, reference):
+        assert abs(metrics[key] - float(value)) <= 1e-12, key

@@ -125,3 +125,81 @@ def test_matches_reference_without_sizes_and_at_other_threshold():
     assert evaluate(gt, dt) == _reference(gt, dt)
     gt, dt = random_scenes(40, np.random.default_rng(6))
     assert evaluate(gt, dt, iou_thr=0.7) == _reference(gt, dt, thr=0.7)
+
+
+def _gt(image_id, boxes, tags=None, **extra):
+    tags = tags or ["person"] * len(boxes)
+    return {"ID": image_id, "gtboxes": [{"fbox": b, "tag": t} for b, t in zip(boxes, tags)], **extra}
+
+
+def _dt(image_id, boxes_scores):
+    return {"ID": image_id, "dtboxes": [{"box": b, "score": s, "tag": 1} for b, s in boxes_scores]}
+
+
+def test_ignore_region_absorbs_three_detections():
+    a, b, region = [0, 0, 10, 20], [100, 0, 10, 20], [200, 0, 50, 50]
+    gt = [_gt("x", [a, region, b], ["person", "mask", "person"], height=300, width=300)]
+    dets = [
+        (a, 0.9),  # TP
+        ([205, 5, 10, 10], 0.8),  # inside the region: dropped
+        ([210, 10, 20, 20], 0.7),  # dropped
+        ([230, 30, 20, 20], 0.6),  # dropped (IoA 1)
+        ([50, 50, 10, 10], 0.5),  # FP
+        (b, 0.4),  # TP
+        ([195, 0, 10, 10], 0.3),  # IoA exactly 0.5 is not > 0.5: FP
+    ]
+    # Pooled: TP FP TP FP; N = 2 -> recall .5 .5 1 1, precision 1 .5 2/3 .5, FPPI 0 1 1 2.
+    result = evaluate(gt, [_dt("x", dets)])
+    assert result["AP"] == pytest.approx((0.5 + 2 / 3) / 2 * 0.5, abs=1e-15)  # = 7/24
+    assert result["recall"] == 1.0
+    assert result["mMR"] == pytest.approx(0.5, abs=1e-15)  # every reference hits FPPI 1 at miss rate .5
+    assert result == _reference(gt, [_dt("x", dets)])
+    # The same region tagged a person instead: the three are now false positives (one may match it).
+    as_person = [_gt("x", [a, region, b], height=300, width=300)]
+    assert evaluate(as_person, [_dt("x", dets)])["AP"] < result["AP"]
+    # extra.ignore marks an ignore region too.
+    flagged = [_gt("x", [a, region, b], height=300, width=300)]
+    flagged[0]["gtboxes"][1]["extra"] = {"ignore": 1}
+    assert evaluate(flagged, [_dt("x", dets)]) == result
+
+
+def test_curve_that_never_reaches_fppi_one():
+    gt = [_gt(f"i{k}", [[10 * k, 0, 10, 20]]) for k in range(4)]
+    dt = [
+        _dt("i0", [([0, 0, 10, 20], 0.9)]),
+        _dt("i1", [([500, 500, 10, 10], 0.8), ([10, 0, 10, 20], 0.7)]),
+    ]
+    # Pooled: TP FP TP over 4 images -> FPPI 0 .25 .25, miss rate .75 .75 .5. References up to
+    # .1778 take the first point with FPPI >= ref (.25, miss .75); .3162 .. 1 are never reached:
+    # the last point (miss .5).
+    result = evaluate(gt, dt)
+    assert result["mMR"] == pytest.approx(0.75 ** (6 / 9) * 0.5 ** (3 / 9), abs=1e-15)
+    assert result["AP"] == pytest.approx((0.5 + 2 / 3) / 2 * 0.25, abs=1e-15)  # = 7/48
+    assert result["recall"] == 0.5
+    assert result == _reference(gt, dt)
+
+
+def test_greedy_order_ties_and_clipping():
+    # d1 (higher score) overlaps both gts and prefers g2; d2 then finds g2 taken and g1 too far: FP.
+    g1, g2 = [0, 0, 10, 10], [4, 0, 10, 10]
+    gt = [_gt("x", [g1, g2], height=50, width=50)]
+    d1, d2 = [3, 0, 10, 10], [5, 0, 10, 10]
+    assert evaluate(gt, [_dt("x", [(d1, 0.9), (d2, 0.8)])]) == pytest.approx({"mMR": 0.5, "AP": 0.0, "recall": 0.5})
+    # IoU 1/3 with each of two gts: no match. Two identical gts and two identical detections: both match.
+    apart = [_gt("x", [[0, 0, 10, 10], [10, 0, 10, 10]], height=50, width=50)]
+    assert evaluate(apart, [_dt("x", [([5, 0, 10, 10], 0.9)])])["recall"] == 0.0
+    twins = [_gt("x", [[0, 0, 10, 10], [0, 0, 10, 10]], height=50, width=50)]
+    assert evaluate(twins, [_dt("x", [([0, 0, 10, 10], 0.9), ([0, 0, 10, 10], 0.9)])])["recall"] == 1.0
+    # A detection sticking out of the image is clipped to it before matching (x2 to W, x1 to W-1).
+    edge = [_gt("x", [[40, 0, 10, 10]], height=50, width=50)]
+    assert evaluate(edge, [_dt("x", [([40, 0, 25, 10], 0.9)])])["recall"] == 1.0  # IoU 10/25 unclipped
+    assert evaluate([_gt("x", [[40, 0, 10, 10]])], [_dt("x", [([40, 0, 25, 10], 0.9)])])["recall"] == 0.0
+
+
+def test_empty_cases():
+    gt = [_gt("x", [[0, 0, 10, 10]])]
+    assert evaluate(gt, []) == {"mMR": 1.0, "AP": 0.0, "recall": 0.0}
+    nothing = evaluate([_gt("x", [[0, 0, 10, 10]], ["mask"])], [_dt("x", [([0, 0, 10, 10], 0.9)])])
+    assert all(math.isnan(v) for v in nothing.values())
+    with pytest.raises(ValueError, match="no gt record"):
+        evaluate(gt, [_dt("y", [([0, 0, 10, 10], 0.9)])])
