@@ -42,7 +42,7 @@ def make_records(num_images: int, dets_per_image: int, mean_gts: float, seed: in
         ch = np.exp(rng.uniform(np.log(10), np.log(h * 0.8), m - near))
         clutter = np.stack([rng.uniform(0, w, m - near), rng.uniform(0, h, m - near), ch * rng.uniform(0.3, 0.6, m - near), ch], 1)
         boxes = np.concatenate([jitter, clutter])
-        scores = 1 / (1 + np.exp(-np.concatenate([rng.normal(2, 1.5, near), rng.normal(-3, 1.5, m - near)])))
+        scores = 1 / (1 + np.exp(-np.concatenate([rng.normal(2, 1.5, near), rng.normal(-6, 1.5, m - near)])))
         dtboxes = [{"box": b, "score": s, "tag": 1} for b, s in zip(np.round(boxes, 2).tolist(), np.round(scores, 4).tolist())]
         dt_records.append({"ID": gt_records[-1]["ID"], "dtboxes": dtboxes, "height": h, "width": w})
     return gt_records, dt_records

@@ -150,10 +150,13 @@ def match(dt_image, dt_offsets, dt_boxes, gt_offsets, gt_boxes, gt_normal, iou_t
             det, gt = _pairs(dt_image, gt_offsets, np.arange(start, stop))
             if not len(det):
                 continue
-            d, g = dt_boxes[det], gt_boxes[gt]  # (P, 4)
-            iw = np.minimum(d[:, 2], g[:, 2]) - np.maximum(d[:, 0], g[:, 0])
-            ih = np.minimum(d[:, 3], g[:, 3]) - np.maximum(d[:, 1], g[:, 1])
-            inter = np.maximum(0, iw) * np.maximum(0, ih)  # (P,)
+            # Pairs that do not overlap have IoU and IoA 0 (or nan): never > thr, so they go first.
+            iw = np.minimum(dt_boxes[det, 2], gt_boxes[gt, 2]) - np.maximum(dt_boxes[det, 0], gt_boxes[gt, 0])  # (P,)
+            det, gt, iw = det[iw > 0], gt[iw > 0], iw[iw > 0]
+            ih = np.minimum(dt_boxes[det, 3], gt_boxes[gt, 3]) - np.maximum(dt_boxes[det, 1], gt_boxes[gt, 1])
+            det, gt, iw, ih = det[ih > 0], gt[ih > 0], iw[ih > 0], ih[ih > 0]
+            d, g = dt_boxes[det], gt_boxes[gt]  # (P', 4) overlapping pairs only
+            inter = iw * ih  # (P',)
             dt_area = (d[:, 2] - d[:, 0]) * (d[:, 3] - d[:, 1])
             gt_area = (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1])
             normal = gt_normal[gt]
