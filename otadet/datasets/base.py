@@ -78,7 +78,7 @@ def image_sizes(paths: Sequence[Path], cache_file: Path) -> list[tuple[int, int]
     return out
 
 
-def _pack(image_index: np.ndarray, xyxy: np.ndarray, num_images: int):
+def _pack(image_index: np.ndarray, num_images: int):
     """Sort rows by image: -> order (M,), offsets (I+1,) where image i owns rows offsets[i]:offsets[i+1]."""
     order = np.argsort(image_index, kind="stable")
     counts = np.bincount(image_index, minlength=num_images)
@@ -128,9 +128,9 @@ class DetectionDataset(Dataset):
         ignores, keep_i, _ = self._clip(np.asarray(ignore_image, np.int64), ignore_boxes)
         box_image, labels = np.asarray(box_image, np.int64)[keep_b], np.asarray(labels, np.int64)[keep_b]
         ignore_image = np.asarray(ignore_image, np.int64)[keep_i]
-        order, self._offsets = _pack(box_image, boxes, len(self.ids))
+        order, self._offsets = _pack(box_image, len(self.ids))
         self._boxes, self._labels = boxes[order].astype(np.float32), labels[order]  # (M, 4), (M,)
-        order, self._ignore_offsets = _pack(ignore_image, ignores, len(self.ids))
+        order, self._ignore_offsets = _pack(ignore_image, len(self.ids))
         self._ignores = ignores[order].astype(np.float32)  # (K, 4)
         self.num_clipped, self.num_dropped = clipped_b, int((~keep_b).sum())
         parts = [*notes]
@@ -142,6 +142,7 @@ class DetectionDataset(Dataset):
             LOGGER.info(f"{source}: {', '.join(parts)} ({len(self._boxes)} boxes, {len(self._ignores)} ignore regions kept)")
         self._bad: set[int] = set()  # indices found unreadable, in this process
         self._resized: set[int] = set()  # indices whose file size differs from the annotation, warned once
+        self._coco = None  # coco_gt(), built on first use
 
     def _clip(self, image_index: np.ndarray, xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         """Clip (M, 4) xyxy to each row's image -> (kept boxes, keep mask (M,), number changed)."""
@@ -220,7 +221,12 @@ class DetectionDataset(Dataset):
         return tensor, target
 
     def coco_gt(self):
-        """The annotations as an in-memory pycocotools COCO (category id = label + 1, ignore regions iscrowd=1)."""
+        """The annotations as an in-memory pycocotools COCO (category id = label + 1, ignore regions iscrowd=1), built once."""
+        if self._coco is None:
+            self._coco = self._build_coco()
+        return self._coco
+
+    def _build_coco(self):
         import contextlib
         import io
 

@@ -168,3 +168,16 @@ def test_shipped_shapes_yaml_uses_the_cache(tmp_path):
     spec = load_data("shapes")
     assert spec.root == root and spec.names == list(SHAPES_CLASSES)
     assert spec.val_annotations == root / "annotations" / "val.json"
+
+
+def test_shipped_shapes_crowdhuman_and_yolo_share_the_cache(tmp_path):
+    # The shipped settings recorded in a stub cache (no images): the other formats are written next to it.
+    root = _dataset(tmp_path / "cache" / "shapes-v4")
+    (root / "generate.json").write_text(json.dumps(generator_settings(ShapesConfig(seed=0, num_train=800, num_val=200))))
+    spec = load_data("shapes-crowdhuman")
+    assert spec.root == root and spec.names == ["person"] and spec.box == "fbox" and spec.format == "crowdhuman"
+    assert spec.annotations("val") == root / "crowdhuman" / "annotation_val.odgt" and spec.annotations("val").is_file()
+    spec = load_data("shapes-yolo")
+    assert spec.root == root and spec.names == list(SHAPES_CLASSES) and spec.annotations("train") == root / "labels" / "train"
+    assert (root / "labels" / "train").is_dir()
+    assert json.loads((root / "annotations" / "val.json").read_text())["images"] == []  # the COCO files are untouched

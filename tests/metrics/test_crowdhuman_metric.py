@@ -71,7 +71,8 @@ def _reference(gt_records, dt_records, thr=0.5):
     for ref in MR_REFERENCES:
         k = next((i for i, f in enumerate(fppis) if f >= ref), len(fppis) - 1)
         misses.append(1.0 - recalls[k])
-    mmr = math.exp(sum(math.log(m) if m > 0 else -math.inf for m in misses) / len(misses))
+    with np.errstate(divide="ignore"):
+        mmr = float(np.exp(np.log(np.array(misses)).mean()))  # the toolkit's own expression
     ap = 0.0
     for k in range(1, len(recalls)):
         ap += (precisions[k - 1] + precisions[k]) / 2 * (recalls[k] - recalls[k - 1])
@@ -203,3 +204,17 @@ def test_empty_cases():
     assert all(math.isnan(v) for v in nothing.values())
     with pytest.raises(ValueError, match="no gt record"):
         evaluate(gt, [_dt("y", [([0, 0, 10, 10], 0.9)])])
+
+
+def test_image_size_may_come_with_the_detections():
+    """CrowdDet writes height/width into the detection records (the .odgt has none): same clipping."""
+    gt, dt = random_scenes(30, np.random.default_rng(9))
+    sizes = {g["ID"]: (g.pop("height"), g.pop("width")) for g in gt}
+    unclipped = evaluate(gt, dt)
+    for d in dt:
+        d["height"], d["width"] = sizes[d["ID"]]
+    with_sizes = evaluate(gt, dt)
+    for g in gt:
+        g["height"], g["width"] = sizes[g["ID"]]
+    assert with_sizes == evaluate(gt, [{k: v for k, v in d.items() if k not in ("height", "width")} for d in dt])
+    assert with_sizes != unclipped  # the scenes have boxes outside the image
