@@ -60,7 +60,7 @@ def image_sizes(paths: Sequence[Path], cache_file: Path) -> list[tuple[int, int]
             out.append(None)
             continue
         entry = cache.get(path.name)
-        if entry is None or entry[2] != mtime:
+        if not (isinstance(entry, list) and len(entry) == 3 and entry[2] == mtime):
             size = _header_size(path)
             if size is None:
                 out.append(None)

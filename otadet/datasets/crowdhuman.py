@@ -109,7 +109,9 @@ class CrowdHumanDetection(DetectionDataset):
         if box not in BOX_KEYS:
             raise ValueError(f"CrowdHuman box '{box}' is not one of {', '.join(BOX_KEYS)} — set 'box:' in the data YAML")
         if names is not None and len(names) != 1:
-            raise ValueError(f"{self.ann_file}: CrowdHuman has one class (person) but {len(names)} names were given — use names: [person]")
+            raise ValueError(
+                f"{self.ann_file}: CrowdHuman has one class (person) but {len(names)} names were given — use names: [person]"
+            )
         if not self.ann_file.is_file():
             raise FileNotFoundError(f"{self.ann_file}: annotation file not found")
         if not images_dir.is_dir():

@@ -112,7 +112,9 @@ def build_dataset(
     transform = build_transforms(augment, imgsz, max_size)
     images, annotations = spec.images(split), spec.annotations(split)
     if spec.format == "crowdhuman":
-        return CrowdHumanDetection(images_dir=images, ann_file=annotations, transform=transform, names=spec.names, box=spec.box or "fbox")
+        return CrowdHumanDetection(
+            images_dir=images, ann_file=annotations, transform=transform, names=spec.names, box=spec.box or "fbox"
+        )
     if spec.format == "yolo":
         return YoloDetection(images_dir=images, labels_dir=annotations, transform=transform, names=spec.names)
     return CocoDetection(images_dir=images, ann_file=annotations, transform=transform, names=spec.names)

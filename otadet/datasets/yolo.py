@@ -90,7 +90,9 @@ class YoloDetection(DetectionDataset):
         sizes = image_sizes(paths, cache)
         unreadable = [p.name for p, s in zip(paths, sizes) if s is None]
         if unreadable:
-            LOGGER.warning(f"WARNING: {len(unreadable)} images in {images_dir} cannot be read (first: {', '.join(unreadable[:3])}) — skipped")
+            LOGGER.warning(
+                f"WARNING: {len(unreadable)} images in {images_dir} cannot be read (first: {', '.join(unreadable[:3])}) — skipped"
+            )
         paths = [p for p, s in zip(paths, sizes) if s is not None]
         sizes = np.array([s for s in sizes if s is not None], np.int64).reshape(-1, 2)  # (I, 2) h, w
 

@@ -92,7 +92,9 @@ def parse_dt(dt_records: Iterable[dict], ids: Sequence, sizes: np.ndarray):
     for record in dt_records:
         i = index.get(record["ID"])
         if i is None:
-            raise ValueError(f"detections for image ID {record['ID']!r}, which has no gt record — evaluate against the right annotation file")
+            raise ValueError(
+                f"detections for image ID {record['ID']!r}, which has no gt record — evaluate against the right annotation file"
+            )
         if per_image[i] is not None:
             raise ValueError(f"detections for image ID {record['ID']!r} come in two records — merge them")
         if np.isnan(sizes[i, 0]) and "height" in record and "width" in record:
