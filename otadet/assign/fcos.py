@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._boxes import inside_boxes, near_centre
+from ._boxes import near_centre
 from ._result import all_background, match_stats, targets_from_matches
 from ._types import AssignResult
 
@@ -63,8 +63,10 @@ def fcos(
 
     x, y = points[:, 0], points[:, 1]  # (A,)
     x1, y1, x2, y2 = (gt_boxes[..., i, None] for i in range(4))  # each (B, G, 1)
-    reach = torch.maximum(torch.maximum(x - x1, y - y1), torch.maximum(x2 - x, y2 - y))  # (B, G, A)
-    claimed = inside_boxes(points, gt_boxes) & near_centre(points, strides, gt_boxes, radius=center_radius)
+    left, top, right, bottom = x - x1, y - y1, x2 - x, y2 - y  # each (B, G, A)
+    inside = torch.minimum(torch.minimum(left, top), torch.minimum(right, bottom)) > 0
+    reach = torch.maximum(torch.maximum(left, top), torch.maximum(right, bottom))  # max(l, t, r, b)
+    claimed = inside & near_centre(points, strides, gt_boxes, radius=center_radius)
     claimed &= (reach > lower) & (reach < upper) & gt_mask[:, :, None]  # (B, G, A)
 
     # Ambiguous points learn the smallest gt; among equal areas the first gt (torchvision's max).

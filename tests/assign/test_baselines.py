@@ -18,7 +18,8 @@ from torchvision.models.detection import FCOS as TorchvisionFCOS
 from torchvision.ops import box_iou, sigmoid_focal_loss
 
 from otadet.assign import ASSIGNERS, BACKGROUND, atss, fcos, simota
-from otadet.config import ConfigError, load_model_config, model_config_from_dict, with_assigner
+from otadet.cli import parse_overrides
+from otadet.config import ConfigError, load_model_config, make_args, model_config_from_dict, with_assigner
 from otadet.criterion import build_criterion
 
 STRIDES = (8, 16, 32, 64, 128)
@@ -318,6 +319,11 @@ def test_with_assigner_swaps_the_name_and_resets_the_knobs():
     assert swapped.assigner == {"name": "simota"} and build_criterion(swapped, 2).assigner.func is simota
     with pytest.raises(ConfigError, match=r"assigner=atts.*did you mean 'atss'"):
         with_assigner(cfg, "atts")
+    # The run key, as the CLI parses it: a name or null.
+    assert make_args(parse_overrides(["assigner=simota"])).assigner == "simota"
+    assert make_args({}).assigner is None
+    with pytest.raises(ConfigError, match="'assigner' must be str"):
+        make_args({"assigner": 3})
 
 
 def test_train_key_assigner_selects_the_baseline(write_data_yaml, tmp_path, monkeypatch):
