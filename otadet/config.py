@@ -34,6 +34,7 @@ __all__ = [
     "ConfigError",
     "load_model_config",
     "model_config_from_dict",
+    "with_assigner",
     "default_args",
     "make_args",
     "check_keys",
@@ -63,7 +64,11 @@ class HeadConfig:
     num_convs: int = 4
     gn_groups: int = 32
     prior_prob: float = 0.01
-    reg_activation: str = "relu"  # relu | exp
+    reg_activation: str = "relu"  # relu | exp (box_coder ltrb; delta regresses raw deltas)
+    # ltrb: FCOS, distances from the point to the box sides; delta: RetinaNet, (dx, dy, dw, dh)
+    # from one square anchor per point (detectron2's box coder), as the paper's Table 1 last row.
+    box_coder: str = "ltrb"
+    anchor_scale: float = 8.0  # box_coder delta: anchor side = anchor_scale * stride
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
 
+BOX_CODERS = ("ltrb", "delta")
 _SECTIONS = {"backbone": BackboneConfig, "fpn": FPNConfig, "head": HeadConfig, "loss": LossConfig}
 
 
@@ -132,6 +138,12 @@ def model_config_from_dict(data: dict, where: str = "model config") -> ModelConf
         check_keys({cfg.backbone.arch: 0}, ARCHS, f"{where}: backbone.arch")
     if cfg.backbone.norm not in NORMS:
         check_keys({cfg.backbone.norm: 0}, NORMS, f"{where}: backbone.norm")
+    if cfg.head.reg_activation not in ("relu", "exp"):
+        check_keys({cfg.head.reg_activation: 0}, ("relu", "exp"), f"{where}: head.reg_activation")
+    if cfg.head.box_coder not in BOX_CODERS:
+        check_keys({cfg.head.box_coder: 0}, BOX_CODERS, f"{where}: head.box_coder")
+    if cfg.head.anchor_scale <= 0:
+        raise ConfigError(f"{where}: head.anchor_scale must be > 0 (anchor side in strides), got {cfg.head.anchor_scale}")
     if cfg.head.channels != cfg.fpn.channels:
         raise ConfigError(f"{where}: head.channels ({cfg.head.channels}) must equal fpn.channels ({cfg.fpn.channels})")
     return cfg
@@ -154,8 +166,21 @@ def _check_assigner(value: Any, where: str) -> dict:
     knobs = {k: v for k, v in value.items() if k != "name"}
     check_keys(knobs, params, f"{where}: assigner ({name})")
     for key, v in knobs.items():
-        knobs[key] = _check_type(v, type(params[key]), f"assigner.{key}", where)
+        if isinstance(params[key], tuple):  # a sequence of numbers, e.g. fcos scale_ranges; YAML gives a list
+            if not isinstance(v, (list, tuple)) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+                raise ConfigError(f"{where}: 'assigner.{key}' must be a list of numbers, got {v!r}")
+            knobs[key] = tuple(float(x) for x in v)
+        else:
+            knobs[key] = _check_type(v, type(params[key]), f"assigner.{key}", where)
     return {"name": name, **knobs}
+
+
+def with_assigner(cfg: ModelConfig, name: str | None) -> ModelConfig:
+    """`cfg` with its assigner swapped for `name` (the `assigner=` run key) at that assigner's own
+    default knobs; None or the YAML's own name keeps the YAML's assigner and knobs."""
+    if name is None or name == cfg.assigner["name"]:
+        return cfg
+    return dataclasses.replace(cfg, assigner=_check_assigner({"name": name}, f"assigner={name}"))
 
 
 def load_model_config(name_or_path: str | os.PathLike) -> ModelConfig:
@@ -181,6 +206,7 @@ _EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "source": (object,),  # path, glob, folder, array or a list of them: checked by the predictor
     "conf": (float,),
     "workers": (int,),
+    "assigner": (str,),  # ota | fcos | atss | simota; null = the model YAML's
 }
 
 

@@ -7,9 +7,24 @@ Target convention (matched): gt index >= 0, -1 background, -2 ignore.
 """
 
 from ._types import BACKGROUND, IGNORE, AssignResult, mark_ignored
+from .atss import atss
+from .fcos import fcos
 from .ota import ota
+from .simota import simota
 from .sinkhorn import sinkhorn
 
-__all__ = ["ASSIGNERS", "AssignResult", "BACKGROUND", "IGNORE", "mark_ignored", "ota", "sinkhorn"]
+__all__ = [
+    "ASSIGNERS",
+    "AssignResult",
+    "BACKGROUND",
+    "IGNORE",
+    "mark_ignored",
+    "ota",
+    "fcos",
+    "atss",
+    "simota",
+    "sinkhorn",
+]
 
-ASSIGNERS = {"ota": ota}
+# The paper's OTA and the baselines it is compared with, by the name a model YAML uses.
+ASSIGNERS = {"ota": ota, "fcos": fcos, "atss": atss, "simota": simota}

@@ -5,9 +5,18 @@ iteration per image and torch.vmap over it is ~3x slower than this broadcast for
 coordinate is handled separately so that nothing of shape (B, G, A, 4) is materialised.
 """
 
+import torch
 from torch import Tensor
 
-__all__ = ["pairwise_iou", "near_centre", "centre_candidates", "points_in_boxes"]
+__all__ = [
+    "pairwise_iou",
+    "near_centre",
+    "centre_candidates",
+    "points_in_boxes",
+    "aligned_iou",
+    "inside_boxes",
+    "square_boxes",
+]
 
 
 def pairwise_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-9) -> Tensor:
@@ -51,3 +60,26 @@ def points_in_boxes(points: Tensor, boxes: Tensor, mask: Tensor) -> Tensor:
     x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))  # each (B, I, 1)
     inside = (x >= x1) & (y >= y1) & (x <= x2) & (y <= y2)  # (B, I, A)
     return (inside & mask[:, :, None]).any(dim=1)
+
+
+def aligned_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-9) -> Tensor:
+    """IoU of boxes1[..., i] with boxes2[..., i] (..., 4) -> (...,), the same formula as pairwise_iou. xyxy."""
+    w = (boxes1[..., 2].minimum(boxes2[..., 2]) - boxes1[..., 0].maximum(boxes2[..., 0])).clamp(min=0)
+    h = (boxes1[..., 3].minimum(boxes2[..., 3]) - boxes1[..., 1].maximum(boxes2[..., 1])).clamp(min=0)
+    inter = w * h
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]).clamp(min=0) * (boxes2[..., 3] - boxes2[..., 1]).clamp(min=0)
+    return inter / (area1 + area2 - inter + eps)
+
+
+def inside_boxes(points: Tensor, boxes: Tensor, *, margin: float = 0.0) -> Tensor:
+    """Whether each point (A, 2) lies inside each box (..., G, 4) by more than `margin` pixels -> (..., G, A)."""
+    x, y = points[:, 0], points[:, 1]  # (A,)
+    x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))  # each (..., G, 1)
+    return (x - x1 > margin) & (y - y1 > margin) & (x2 - x > margin) & (y2 - y > margin)
+
+
+def square_boxes(points: Tensor, sides: Tensor) -> Tensor:
+    """Squares of side sides (A,) centred on points (A, 2) -> (A, 4) xyxy (an anchor box per point)."""
+    half = (sides / 2)[:, None]  # (A, 1)
+    return torch.cat((points - half, points + half), dim=1)

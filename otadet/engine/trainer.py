@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from ..config import DEFAULT_CONF, Args, ModelConfig
+from ..config import DEFAULT_CONF, Args, ModelConfig, with_assigner
 from ..criterion import OTACriterion, build_criterion
 from ..datasets.data_yaml import load_data
 from ..datasets.loader import build_dataloader
@@ -114,6 +114,7 @@ def train_one_epoch(
 
 def run_training(model_cfg: ModelConfig, args: Args, *, init_state: dict | None = None) -> dict:
     """Train per `args`; returns {'save_dir', 'best', 'last', 'metrics', 'names'}."""
+    model_cfg = with_assigner(model_cfg, args.assigner)  # the `assigner=` run key overrides the YAML's
     seed_everything(args.seed)
     device = select_device(args.device)
     spec = load_data(args.data)

@@ -21,8 +21,14 @@ def build_detector(cfg: ModelConfig, num_classes: int | None = None) -> OTADetec
         num_convs=cfg.head.num_convs,
         gn_groups=cfg.head.gn_groups,
         prior_prob=cfg.head.prior_prob,
-        reg_activation=cfg.head.reg_activation,
+        # The delta coder regresses raw (dx, dy, dw, dh): no activation, no stride scaling.
+        reg_activation=cfg.head.reg_activation if cfg.head.box_coder == "ltrb" else "none",
     )
     return OTADetector(
-        backbone=backbone, fpn=build_fpn(backbone.out_channels, cfg.fpn.channels), head=head, num_classes=num_classes
+        backbone=backbone,
+        fpn=build_fpn(backbone.out_channels, cfg.fpn.channels),
+        head=head,
+        num_classes=num_classes,
+        box_coder=cfg.head.box_coder,
+        anchor_scale=cfg.head.anchor_scale,
     )

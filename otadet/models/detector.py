@@ -1,7 +1,9 @@
 """The detector network: backbone -> FPN (P3-P7) -> shared head -> dense outputs.
 
 It returns the same raw dense outputs in training and evaluation; losses live in the
-criterion and NMS in postprocess, so the network exports to ONNX unchanged.
+criterion and NMS in postprocess, so the network exports to ONNX unchanged. The regression
+is decoded to xyxy boxes here by the box coder (models.box_coder): FCOS distances from the
+point (ltrb), or RetinaNet deltas from one square anchor centred on the point (delta).
 Shapes: B=batch, A=anchor points over all levels, C=classes.
 """
 
@@ -13,6 +15,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from .backbone import ResNetBackbone
+from .box_coder import anchor_boxes, decode_deltas, decode_ltrb
 from .head import OTAHead
 
 __all__ = ["DenseOutputs", "OTADetector", "anchor_points"]
@@ -45,21 +48,41 @@ def anchor_points(features: list[Tensor], strides: tuple[int, ...]) -> tuple[Ten
 
 
 class OTADetector(nn.Module):
-    """FCOS-style one-stage detector trained with OTA; see build_detector for the parts."""
+    """One-stage detector trained with OTA; see build_detector for the parts.
 
-    def __init__(self, *, backbone: ResNetBackbone, fpn: FeaturePyramidNetwork, head: OTAHead, num_classes: int):
+    box_coder "ltrb" is the FCOS form (anchor-free); "delta" the RetinaNet form with one square
+    anchor of side anchor_scale * stride per point, whose centre is the point (the head must then
+    return raw deltas: OTAHead(reg_activation="none")).
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: ResNetBackbone,
+        fpn: FeaturePyramidNetwork,
+        head: OTAHead,
+        num_classes: int,
+        box_coder: str = "ltrb",
+        anchor_scale: float = 8.0,
+    ):
         super().__init__()
+        assert box_coder in ("ltrb", "delta"), box_coder
         self.backbone = backbone
         self.fpn = fpn
         self.head = head
         self.num_classes = num_classes
         self.strides = STRIDES
+        self.box_coder = box_coder
+        self.anchor_scale = anchor_scale
 
     def forward(self, images: Tensor) -> DenseOutputs:
         features = list(self.fpn(self.backbone(images)).values())  # P3..P7
-        cls_logits, ltrb, iou_logits = self.head(features, self.strides)
+        cls_logits, regression, iou_logits = self.head(features, self.strides)  # regression (B, A, 4)
         points, strides = anchor_points(features, self.strides)
-        boxes = torch.cat((points - ltrb[..., :2], points + ltrb[..., 2:]), dim=-1)  # (B, A, 4)
+        if self.box_coder == "delta":
+            boxes = decode_deltas(regression, anchor_boxes(points, strides, self.anchor_scale))  # (B, A, 4)
+        else:
+            boxes = decode_ltrb(regression, points)  # (B, A, 4)
         return DenseOutputs(cls_logits, boxes, iou_logits, points, strides)
 
 

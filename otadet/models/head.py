@@ -28,8 +28,8 @@ def _flatten(x: Tensor) -> Tensor:
 class OTAHead(nn.Module):
     """Dense predictions per FPN level, concatenated over levels.
 
-    forward(features, strides) -> (cls_logits (B, A, C), ltrb (B, A, 4) distances in pixels,
-    iou_logits (B, A)).
+    forward(features, strides) -> (cls_logits (B, A, C), ltrb (B, A, 4) distances in pixels
+    (raw anchor deltas when reg_activation is "none"), iou_logits (B, A)).
     """
 
     def __init__(
@@ -44,7 +44,7 @@ class OTAHead(nn.Module):
         reg_activation: str = "relu",
     ):
         super().__init__()
-        assert reg_activation in ("relu", "exp"), reg_activation
+        assert reg_activation in ("relu", "exp", "none"), reg_activation  # none: raw deltas (box_coder delta)
         self.reg_activation = reg_activation
         self.cls_tower = _tower(in_channels, num_convs, gn_groups)
         self.reg_tower = _tower(in_channels, num_convs, gn_groups)
@@ -66,8 +66,9 @@ class OTAHead(nn.Module):
             cls_feat = self.cls_tower(x)
             reg_feat = self.reg_tower(x)
             reg = self.bbox_pred(reg_feat) * self.scales[level]
-            # Distances normalised by stride (FCOS norm_reg_targets), non-negative.
-            reg = (torch.relu(reg) if self.reg_activation == "relu" else torch.exp(reg)) * stride
+            if self.reg_activation != "none":
+                # Distances normalised by stride (FCOS norm_reg_targets), non-negative.
+                reg = (torch.relu(reg) if self.reg_activation == "relu" else torch.exp(reg)) * stride
             cls_out.append(_flatten(self.cls_logits(cls_feat)))
             reg_out.append(_flatten(reg))
             iou_out.append(_flatten(self.iou_pred(reg_feat)))
