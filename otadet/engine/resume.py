@@ -1,0 +1,123 @@
+"""Exact resume and no lost work: which checkpoint to resume, RNG states, and graceful stop on signals.
+
+`resume=True model=runs/train/exp/weights/last.pt` or `resume=runs/train/exp` continues the
+run at the iteration after the one saved: the trainer restores the model, optimizer,
+GradScaler, EMA, best metric, the RNG states below, and the data position (epoch and batch;
+the order and augmentations are functions of (seed, epoch, image), see sampling.py). The LR
+schedule is a function of the iteration (schedule.py). The run's own train args are reused;
+keys given with resume= override them (e.g. a longer `epochs` extends the schedule).
+"""
+
+import random
+import signal
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import default_args
+from ..utils.checkpoint import load_checkpoint
+from ..utils.dist import any_rank
+from ..utils.log import LOGGER
+
+__all__ = ["resume_checkpoint", "resume_overrides", "rng_state", "set_rng_state", "GracefulStop", "TrainingStopped"]
+
+
+def resume_checkpoint(resume: bool | str, source: str | None = None) -> Path:
+    """The checkpoint to resume: `resume` as a run folder (-> weights/last.pt) or a .pt file, or
+    with resume=True the `source` the Detector was loaded from."""
+    if resume is True:
+        if source is None or Path(source).suffix.lower() not in (".pt", ".pth"):
+            raise ValueError(
+                f"resume=True needs model= to be a checkpoint (got {source!r}): "
+                "`otadet train resume=True model=runs/train/exp/weights/last.pt` or `otadet train resume=runs/train/exp`"
+            )
+        path = Path(source)
+    else:
+        path = Path(str(resume))
+        if path.is_dir():
+            path = path / "weights" / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"resume={resume!r}: checkpoint {path} does not exist; pass a run folder or a last.pt")
+    return path
+
+
+def resume_overrides(overrides: dict, source: str | None = None) -> dict:
+    """Train kwargs to resume with: {**the checkpoint's train args, **overrides}, resume = its path."""
+    path = resume_checkpoint(overrides["resume"], source)
+    saved = load_checkpoint(path).get("train_args", {})
+    known = default_args()
+    dropped = sorted(set(saved) - set(known))
+    if dropped:
+        LOGGER.warning(f"resume: {path} has train args this version does not know, ignored: {dropped}")
+    given = {k: v for k, v in overrides.items() if k != "resume"}
+    changed = {k: (saved[k], v) for k, v in given.items() if k in saved and saved[k] != v}
+    if changed:
+        LOGGER.info("resume: overriding " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+    return {**{k: v for k, v in saved.items() if k in known}, **given, "resume": str(path)}
+
+
+def rng_state() -> dict:
+    """Every global RNG a training step could touch, as weights_only-loadable values."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": random.getstate(),
+    }  # fmt: skip
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            LOGGER.warning(f"resume: {len(cuda)} saved CUDA RNG states for {torch.cuda.device_count()} GPUs; not restored")
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """Training stopped on SIGINT/SIGTERM after saving last.pt (the CLI exits with 130)."""
+
+
+class GracefulStop:
+    """Context manager: the first SIGINT/SIGTERM asks the loop to stop after the current
+    iteration (it then saves last.pt and raises TrainingStopped); a second one acts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "GracefulStop":
+        try:
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread (e.g. a notebook worker): no graceful stop
+            self._previous.clear()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+        name = signal.Signals(signum).name
+        LOGGER.warning(f"\n{name}: stopping after this iteration and saving last.pt ({name} again to stop at once)")
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def requested(self, device: torch.device) -> bool:
+        """True on every rank once any rank got a signal (a collective in distributed runs)."""
+        return any_rank(self.signal is not None, device)
