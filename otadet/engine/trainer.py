@@ -229,6 +229,7 @@ def run_training(model_cfg: ModelConfig, args: Args, *, init_state: dict | None 
                 )
                 if stopped:
                     save_mid_epoch(epoch, iteration)
+                    LOGGER.warning(f"saved {weights / 'last.pt'} at iteration {iteration}; resume with `otadet train resume={save_dir}`")
                     raise TrainingStopped(f"stopped at iteration {iteration}; resume with `otadet train resume={save_dir}`")
                 validated = args.val or epoch == epochs - 1
                 if is_main():
