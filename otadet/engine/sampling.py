@@ -13,8 +13,10 @@ for any `workers`; and a 2-rank run with batch b per rank sees, step by step, th
 and augmentations as one process with batch 2b.
 """
 
+import signal
+
 import numpy as np
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler, get_worker_info
 
 from ..datasets.transforms import seed_rng
 
@@ -59,6 +61,8 @@ class SeededSamples(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, int]):
+        if get_worker_info() is not None:
+            _leave_stop_signals_to_the_main_process()
         epoch, index = key
         seed_rng(int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]))
         return self.dataset[index]
@@ -67,3 +71,17 @@ class SeededSamples(Dataset):
         if name == "dataset":
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+
+_workers_ignore_signals = False
+
+
+def _leave_stop_signals_to_the_main_process() -> None:
+    """In a loader worker: ignore SIGINT/SIGTERM. A Ctrl-C or scancel reaches every process;
+    the main process then finishes its iteration and saves (resume.GracefulStop), which a
+    worker dying under it would break. Workers still end with the loader or their parent."""
+    global _workers_ignore_signals
+    if not _workers_ignore_signals:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _workers_ignore_signals = True
