@@ -12,6 +12,7 @@ CUDA is available; elsewhere torch ignores it (the table says so).
 
 import argparse
 import time
+import warnings
 
 import torch
 
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     opts = parser.parse_args()
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")  # said once in the header instead
     spec = load_data(opts.data)
     cuda = torch.cuda.is_available()
     print(f"`python benchmarks/loader.py --workers {' '.join(map(str, opts.workers))} --batch {opts.batch} --batches {opts.batches}`"

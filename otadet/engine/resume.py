@@ -15,12 +15,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import default_args
-from ..utils.checkpoint import load_checkpoint
-from ..utils.dist import any_rank
-from ..utils.log import LOGGER
+from torch import nn
 
-__all__ = ["resume_checkpoint", "resume_overrides", "rng_state", "set_rng_state", "GracefulStop", "TrainingStopped"]
+from ..config import Args, ConfigError, ModelConfig, default_args
+from ..utils.checkpoint import load_checkpoint
+from ..utils.dist import any_rank, world_size
+from ..utils.log import LOGGER, colorstr
+from .ema import ModelEMA
+
+__all__ = [
+    "resume_checkpoint",
+    "resume_overrides",
+    "training_state",
+    "restore_training",
+    "rng_state",
+    "set_rng_state",
+    "GracefulStop",
+    "TrainingStopped",
+]
 
 
 def resume_checkpoint(resume: bool | str, source: str | None = None) -> Path:
@@ -55,6 +67,59 @@ def resume_overrides(overrides: dict, source: str | None = None) -> dict:
     if changed:
         LOGGER.info("resume: overriding " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
     return {**{k: v for k, v in saved.items() if k in known}, **given, "resume": str(path)}
+
+
+def training_state(
+    net: nn.Module, ema: ModelEMA | None, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+    model_cfg: ModelConfig, names: list[str], args: Args, *, epoch: int, iteration: int, best_fitness: float, metrics: dict,
+) -> dict:  # fmt: skip
+    """Everything to deploy ('model': the EMA weights when ema=True) and to resume exactly."""
+    state = {
+        "model_cfg": model_cfg.to_dict(),
+        "names": names,
+        "model": (ema.module if ema is not None else net).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,  # completed epochs
+        "iteration": iteration,  # optimizer steps done; training resumes at this index
+        "best_fitness": best_fitness,
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, float)},
+        "train_args": args.to_dict(),
+        "world_size": world_size(),
+        "rng": rng_state(),
+    }
+    if ema is not None:
+        state["train_model"] = net.state_dict()  # the raw weights the optimizer steps
+        state["ema_updates"] = ema.updates
+    if scaler.is_enabled():
+        state["scaler"] = scaler.state_dict()
+    return state
+
+
+def restore_training(
+    state: dict, net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, ema: ModelEMA | None,
+    *, total: int, args: Args,
+) -> tuple[int, float]:  # fmt: skip
+    """Load a checkpoint's training state; returns (iteration, best_fitness)."""
+    iteration = int(state["iteration"])
+    if iteration >= total:
+        raise ConfigError(
+            f"resume: {args.resume} already finished {iteration} of {total} iterations; "
+            "pass a larger epochs= (or iters=) to extend the schedule"
+        )
+    net.load_state_dict(state.get("train_model", state["model"]))
+    optimizer.load_state_dict(state["optimizer"])
+    if ema is not None:
+        if "ema_updates" in state:
+            ema.load_state_dict({"model": state["model"], "updates": state["ema_updates"]})
+        else:
+            LOGGER.warning("resume: the checkpoint has no EMA; starting the average from its weights")
+    if scaler.is_enabled() and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
+    saved = state.get("train_args", {})
+    if saved.get("batch") != args.batch or state.get("world_size", 1) != world_size():
+        LOGGER.warning("resume: batch or number of processes changed; the data order after resuming differs from the original run")
+    LOGGER.info(f"{colorstr('resume:')} {args.resume} at iteration {iteration} of {total} (best AP {state['best_fitness']:.4f})")
+    return iteration, float(state["best_fitness"])
 
 
 def rng_state() -> dict:

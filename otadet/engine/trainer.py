@@ -34,7 +34,7 @@ from ..utils.paths import increment_path
 from ..utils.torch_utils import AmpSettings, model_summary, resolve_amp, seed_everything, select_device
 from .ema import ModelEMA
 from .launch import launch_workers, needs_launch
-from .resume import GracefulStop, TrainingStopped, rng_state, set_rng_state
+from .resume import GracefulStop, TrainingStopped, restore_training, resume_checkpoint, set_rng_state, training_state
 from .sampling import TrainSampler
 from .schedule import LRSchedule, lr_factor, plan_iterations, scaled_lr
 from .validator import validate
@@ -147,9 +147,10 @@ def run_training(model_cfg: ModelConfig, args: Args, *, init_state: dict | None 
     """Train per `args`; returns {'save_dir', 'best', 'last', 'metrics', 'names'}."""
     spec = load_data(args.data)
     names = list(spec.names)
+    if args.resume:  # a run folder or checkpoint path (Detector.train turns resume=True into its model=)
+        args = args.replace(resume=str(resume_checkpoint(args.resume)))
     if needs_launch(args):  # device=0,1,...: start one process per GPU and wait for them
-        save_dir = increment_path(Path(args.project) / "train" / args.name, exist_ok=args.exist_ok)
-        return launch_workers(model_cfg, args, save_dir, names=names, init_state=init_state)
+        return launch_workers(model_cfg, args, _run_dir(args), names=names, init_state=init_state)
     env = dist_env()
     device = select_device(args.device, local_rank=env.local_rank if env else None)
     if env is not None:
@@ -181,7 +182,7 @@ def run_training(model_cfg: ModelConfig, args: Args, *, init_state: dict | None 
     ema = ModelEMA(net, decay=args.ema_decay, tau=float(args.ema_tau)) if args.ema else None
     iteration, best_fitness = 0, -1.0
     if resumed is not None:
-        iteration, best_fitness = _restore(resumed, net, optimizer, scaler, ema, total=total, args=args)
+        iteration, best_fitness = restore_training(resumed, net, optimizer, scaler, ema, total=total, args=args)
     model = _wrap(net, device, compile_model=args.compile)
 
     save_dir = broadcast_object(_run_dir(args) if is_main() else None)
@@ -205,7 +206,7 @@ def run_training(model_cfg: ModelConfig, args: Args, *, init_state: dict | None 
         LOGGER.info(f"iters={args.iters} at batch {args.batch} sees {args.batch / 16:.2g}x the images of the same schedule at batch 16")
 
     def checkpoint(epoch_done: int, it: int, metrics: dict) -> dict:
-        return _state(net, ema, optimizer, scaler, model_cfg, names, args, epoch=epoch_done, iteration=it,
+        return training_state(net, ema, optimizer, scaler, model_cfg, names, args, epoch=epoch_done, iteration=it,
                       best_fitness=best_fitness, metrics=metrics)  # fmt: skip
 
     def save_mid_epoch(epoch: int, it: int) -> None:
@@ -276,53 +277,6 @@ def _end_epoch(
     scores = f"  AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}" if validated else ""
     LOGGER.info(f"epoch {epoch + 1}/{epochs} (iteration {iteration}): loss {losses.get('loss/total', math.nan):.4f}{scores}")
     return metrics, best
-
-
-def _state(net, ema, optimizer, scaler, model_cfg, names, args, *, epoch, iteration, best_fitness, metrics) -> dict:
-    """Everything to deploy ('model': the EMA weights when ema=True) and to resume exactly."""
-    state = {
-        "model_cfg": model_cfg.to_dict(),
-        "names": names,
-        "model": (ema.module if ema is not None else net).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "epoch": epoch,  # completed epochs
-        "iteration": iteration,  # optimizer steps done; training resumes at this index
-        "best_fitness": best_fitness,
-        "metrics": {k: v for k, v in metrics.items() if isinstance(v, float)},
-        "train_args": args.to_dict(),
-        "world_size": world_size(),
-        "rng": rng_state(),
-    }
-    if ema is not None:
-        state["train_model"] = net.state_dict()  # the raw weights the optimizer steps
-        state["ema_updates"] = ema.updates
-    if scaler.is_enabled():
-        state["scaler"] = scaler.state_dict()
-    return state
-
-
-def _restore(state: dict, net, optimizer, scaler, ema, *, total: int, args: Args) -> tuple[int, float]:
-    """Load a checkpoint's training state; returns (iteration, best_fitness)."""
-    iteration = int(state["iteration"])
-    if iteration >= total:
-        raise ConfigError(
-            f"resume: {args.resume} already finished {iteration} of {total} iterations; "
-            "pass a larger epochs= (or iters=) to extend the schedule"
-        )
-    net.load_state_dict(state.get("train_model", state["model"]))
-    optimizer.load_state_dict(state["optimizer"])
-    if ema is not None:
-        if "ema_updates" in state:
-            ema.load_state_dict({"model": state["model"], "updates": state["ema_updates"]})
-        else:
-            LOGGER.warning("resume: the checkpoint has no EMA; starting the average from its weights")
-    if scaler.is_enabled() and "scaler" in state:
-        scaler.load_state_dict(state["scaler"])
-    saved = state.get("train_args", {})
-    if saved.get("batch") != args.batch or state.get("world_size", 1) != world_size():
-        LOGGER.warning("resume: batch or number of processes changed; the data order after resuming differs from the original run")
-    LOGGER.info(f"{colorstr('resume:')} {args.resume} at iteration {iteration} of {total} (best AP {state['best_fitness']:.4f})")
-    return iteration, float(state["best_fitness"])
 
 
 def _train_loader(spec, args: Args, device: torch.device) -> tuple[torch.utils.data.DataLoader, TrainSampler]:
