@@ -28,7 +28,9 @@ from ..datasets.data_yaml import load_data
 from ..datasets.loader import build_dataloader
 from ..models.build import build_detector
 from ..utils.checkpoint import load_checkpoint, save_checkpoint
-from ..utils.dist import barrier, broadcast_object, dist_env, init_distributed, is_dist, is_main, rank, world_size
+from ..utils.dist import (
+    barrier, broadcast_object, dist_env, init_distributed, is_dist, is_main, main_process_first, rank, world_size,
+)  # fmt: skip
 from ..utils.log import LOGGER, colorstr
 from ..utils.paths import increment_path
 from ..utils.torch_utils import AmpSettings, model_summary, resolve_amp, seed_everything, select_device
@@ -145,16 +147,18 @@ def train_one_epoch(
 
 def run_training(model_cfg: ModelConfig, args: Args, *, init_state: dict | None = None) -> dict:
     """Train per `args`; returns {'save_dir', 'best', 'last', 'metrics', 'names'}."""
-    spec = load_data(args.data)
-    names = list(spec.names)
     if args.resume:  # a run folder or checkpoint path (Detector.train turns resume=True into its model=)
         args = args.replace(resume=str(resume_checkpoint(args.resume)))
     if needs_launch(args):  # device=0,1,...: start one process per GPU and wait for them
+        names = list(load_data(args.data).names)
         return launch_workers(model_cfg, args, _run_dir(args), names=names, init_state=init_state)
     env = dist_env()
     device = select_device(args.device, local_rank=env.local_rank if env else None)
     if env is not None:
         init_distributed(env, device)
+    with main_process_first():  # a built-in dataset is generated once
+        spec = load_data(args.data)
+    names = list(spec.names)
     resumed = load_checkpoint(args.resume) if args.resume else None
     if resumed is not None:
         model_cfg = model_config_from_dict(resumed["model_cfg"], where=f"{args.resume}: model_cfg")

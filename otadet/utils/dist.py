@@ -8,6 +8,7 @@ itself (otadet.engine.launch).
 """
 
 import os
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import NamedTuple
 
@@ -29,6 +30,7 @@ __all__ = [
     "any_rank",
     "barrier",
     "broadcast_object",
+    "main_process_first",
 ]
 
 
@@ -123,3 +125,13 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+@contextmanager
+def main_process_first():
+    """Rank 0 runs the block first, the others after it (e.g. generating or caching data once)."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
