@@ -10,6 +10,7 @@ folder. The workers find RANK/WORLD_SIZE/LOCAL_RANK in their environment (utils/
 """
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from ..utils.checkpoint import load_checkpoint, save_checkpoint
 from ..utils.dist import dist_env
 from ..utils.log import LOGGER
 from ..utils.torch_utils import device_list
+from .resume import TrainingStopped
 
 __all__ = ["needs_launch", "free_port", "launch_command", "launch_workers"]
 
@@ -61,9 +63,35 @@ def launch_workers(model_cfg: ModelConfig, args: Args, save_dir: Path, *, names:
     args = args.replace(project=str(save_dir.parent.parent), name=save_dir.name, exist_ok=True)
     command = launch_command(model, args, nproc=nproc, port=free_port())
     LOGGER.info(f"launching {nproc} processes: {' '.join(command[:8])} ... (args in {save_dir / 'args.yaml'})")
-    result = subprocess.run(command)
-    if result.returncode != 0:
-        raise RuntimeError(f"distributed training exited with code {result.returncode}; resume with `otadet train resume={save_dir}`")
+    returncode, forwarded = _run_forwarding_signals(command)
+    if forwarded and returncode != 0:
+        raise TrainingStopped(f"stopped by {forwarded}; resume with `otadet train resume={save_dir}`")
+    if returncode != 0:
+        raise RuntimeError(f"distributed training exited with code {returncode}; resume with `otadet train resume={save_dir}`")
     last = weights / "last.pt"
     metrics = load_checkpoint(last).get("metrics", {})
     return {"save_dir": save_dir, "best": weights / "best.pt", "last": last, "metrics": metrics, "names": names}
+
+
+def _run_forwarding_signals(command: list[str]) -> tuple[int, str | None]:
+    """Run torchrun in its own session and pass SIGINT/SIGTERM on to it once: it stops the
+    workers, which save last.pt (a Ctrl-C would otherwise reach them twice, directly and via
+    torchrun). Returns the exit code and the name of the signal passed on, if any."""
+    process = subprocess.Popen(command, start_new_session=True)
+    forwarded: list[str] = []
+
+    def forward(signum, frame):
+        forwarded.append(signal.Signals(signum).name)
+        process.send_signal(signum)
+
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, forward)
+    except ValueError:  # not the main thread: signals stay with the default handlers
+        pass
+    try:
+        return process.wait(), (forwarded[0] if forwarded else None)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

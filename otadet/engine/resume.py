@@ -10,6 +10,7 @@ keys given with resume= override them (e.g. a longer `epochs` extends the schedu
 
 import random
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -156,12 +157,16 @@ class TrainingStopped(KeyboardInterrupt):
 
 class GracefulStop:
     """Context manager: the first SIGINT/SIGTERM asks the loop to stop after the current
-    iteration (it then saves last.pt and raises TrainingStopped); a second one acts at once."""
+    iteration (it then saves last.pt and raises TrainingStopped). A second signal more than
+    `echo_window` seconds later stops at once; one sooner is the same stop arriving twice
+    (Ctrl-C reaches torchrun and its workers, and torchrun passes it on to them again)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
+    def __init__(self, echo_window: float = 2.0):
         self.signal: int | None = None
+        self.echo_window = echo_window
+        self._first = 0.0
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "GracefulStop":
@@ -177,11 +182,12 @@ class GracefulStop:
             signal.signal(sig, handler)
 
     def _handle(self, signum, frame) -> None:
-        self.signal = signum
         name = signal.Signals(signum).name
-        LOGGER.warning(f"\n{name}: stopping after this iteration and saving last.pt ({name} again to stop at once)")
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        if self.signal is None:
+            self.signal, self._first = signum, time.monotonic()
+            LOGGER.warning(f"\n{name}: stopping after this iteration and saving last.pt ({name} again to stop at once)")
+        elif time.monotonic() - self._first > self.echo_window:
+            raise KeyboardInterrupt(f"second {name}: stopped without saving")
 
     def requested(self, device: torch.device) -> bool:
         """True on every rank once any rank got a signal (a collective in distributed runs)."""

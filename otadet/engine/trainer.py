@@ -210,8 +210,9 @@ def run_training(model_cfg: ModelConfig, args: Args, *, init_state: dict | None 
         LOGGER.info(f"iters={args.iters} at batch {args.batch} sees {args.batch / 16:.2g}x the images of the same schedule at batch 16")
 
     def checkpoint(epoch_done: int, it: int, metrics: dict) -> dict:
-        return training_state(net, ema, optimizer, scaler, model_cfg, names, args, epoch=epoch_done, iteration=it,
-                      best_fitness=best_fitness, metrics=metrics)  # fmt: skip
+        return training_state(
+            net, ema, optimizer, scaler, model_cfg, names, args, epoch=epoch_done, iteration=it, best_fitness=best_fitness, metrics=metrics
+        )
 
     def save_mid_epoch(epoch: int, it: int) -> None:
         if is_main():
@@ -234,7 +235,8 @@ def run_training(model_cfg: ModelConfig, args: Args, *, init_state: dict | None 
                 )
                 if stopped:
                     save_mid_epoch(epoch, iteration)
-                    LOGGER.warning(f"saved {weights / 'last.pt'} at iteration {iteration}; resume with `otadet train resume={save_dir}`")
+                    if is_main():
+                        LOGGER.warning(f"saved {weights / 'last.pt'} at iteration {iteration}; resume with `otadet train resume={save_dir}`")
                     raise TrainingStopped(f"stopped at iteration {iteration}; resume with `otadet train resume={save_dir}`")
                 validated = args.val or epoch == epochs - 1
                 if is_main():
@@ -257,7 +259,8 @@ def _end_epoch(
 ) -> tuple[dict, float]:  # fmt: skip
     """Rank 0 at an epoch end: validate, log (results.csv, TensorBoard, console), save last/best."""
     metrics = {}
-    if validated:
+    if validated:  # save first: a COCO val takes minutes, and a stop or crash in it should lose nothing
+        save_checkpoint(checkpoint(epoch + 1, iteration, metrics), save_dir / "weights" / "last.pt")
         metrics = validate(
             model, val_loader, conf=_val_conf(args), iou=args.iou, max_det=args.max_det,
             pre_nms_topk=args.pre_nms_topk, device=device, names=names, verbose=False,
