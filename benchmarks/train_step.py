@@ -6,7 +6,7 @@ Runs the trainer's own train_one_epoch over synthetic batches (random images, 10
 each, 800x1333 padded to 800x1344), so the step is exactly what `otadet train` does: forward
 under autocast, assignment and losses in float32 outside it, backward, clip, optimizer step.
 Prints a markdown table: ms per iteration (after 3 warm-up iterations), peak GPU memory, the
-dtype the head produced and the loss dtype.
+dtype the head produced. `--device cpu` runs the same code as a smoke test (AMP is a no-op there).
 """
 
 import argparse
@@ -38,19 +38,24 @@ def synthetic_batch(batch: int, height: int, width: int, gts: int, classes: int,
     )  # fmt: skip
 
 
-def run(model_name: str, batch: int, iters: int, mode: str, compile_model: bool, device: torch.device) -> dict:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(model_name: str, batch: int, iters: int, mode: str, compile_model: bool, device: torch.device, size: tuple[int, int]) -> dict:
     cfg = load_model_config(model_name)
     net = build_detector(cfg, 80).to(device, memory_format=torch.channels_last)
     criterion = build_criterion(cfg, 80)
     args = make_args({"batch": batch}, model_defaults=cfg.train)
     optimizer = build_optimizer(net, args)
     amp = resolve_amp(mode != "fp32", device, bf16_supported=None if mode == "bf16" else False)
-    if mode == "bf16" and amp.dtype != torch.bfloat16:
+    if mode == "bf16" and amp.dtype != torch.bfloat16 and device.type == "cuda":
         raise SystemExit("this GPU has no bf16")
     model = torch.compile(net) if compile_model else net
     dtypes = {}
-    hook = net.head.register_forward_hook(lambda m, i, o: dtypes.setdefault("head", str(o[0].dtype).replace("torch.", "")))
-    loader = [synthetic_batch(batch, 800, 1344, 10, 80, seed=i) for i in range(4)]
+    hook = net.head.register_forward_hook(lambda m, i, o: dtypes.update(head=str(o[0].dtype).replace("torch.", "")))  # returns None
+    loader = [synthetic_batch(batch, *size, 10, 80, seed=i) for i in range(4)]
     with GracefulStop() as stop:
         loop = Loop(net=net, schedule=LRSchedule.from_args(args, total=10**6), amp=amp,
                     scaler=torch.amp.GradScaler(device.type, enabled=amp.scaler), ema=None, device=device,
@@ -58,17 +63,18 @@ def run(model_name: str, batch: int, iters: int, mode: str, compile_model: bool,
                     save=lambda e, i: None, stop=stop, writer=None)  # fmt: skip
         warm = loader[:3]
         losses, it, _ = train_one_epoch(model, criterion, warm, optimizer, loop, epoch=0, epochs=1, iteration=0)
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         timed = (loader * (iters // len(loader) + 1))[:iters]
         loop.iters_per_epoch = len(timed)
         start = time.perf_counter()
         losses, it, _ = train_one_epoch(model, criterion, timed, optimizer, loop, epoch=0, epochs=1, iteration=it)
-        torch.cuda.synchronize(device)
+        _sync(device)
         elapsed = (time.perf_counter() - start) / iters
     hook.remove()
     return {
-        "ms": 1000 * elapsed, "mem": torch.cuda.max_memory_allocated(device) / 2**30, "head": dtypes.get("head", "?"),
+        "ms": 1000 * elapsed, "mem": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan"), "head": dtypes.get("head", "?"),
         "loss": losses["loss/total"], "scaler": amp.scaler,
     }  # fmt: skip
 
@@ -80,14 +86,17 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--modes", default="fp32,bf16,fp16")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
+    parser.add_argument("--size", type=int, nargs=2, default=[800, 1344], help="input height width (padded, multiples of 32)")
+    parser.add_argument("--device", default="cuda:0", help="cpu runs the same code without AMP (a smoke test)")
     opts = parser.parse_args()
-    device = torch.device("cuda:0")
-    print(f"`python benchmarks/train_step.py --model {opts.model} --batch {opts.batch} --iters {opts.iters}` on {torch.cuda.get_device_name(device)}, torch {torch.__version__}\n")
+    device = torch.device(opts.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"`python benchmarks/train_step.py --model {opts.model} --batch {opts.batch} --iters {opts.iters}` on {name}, torch {torch.__version__}\n")
     print("| mode | compiled | ms / iteration | images / s | peak memory (GiB) | head output dtype | GradScaler | mean loss |")
     print("|---|---|---|---|---|---|---|---|")
     for compiled in (False, True) if opts.compile else (False,):
         for mode in opts.modes.split(","):
-            r = run(opts.model, opts.batch, opts.iters, mode, compiled, device)
+            r = run(opts.model, opts.batch, opts.iters, mode, compiled, device, tuple(opts.size))
             print(f"| {mode} | {compiled} | {r['ms']:.0f} | {1000 * opts.batch / r['ms']:.1f} | {r['mem']:.1f} | {r['head']} | {r['scaler']} | {r['loss']:.3f} |", flush=True)
 
 
