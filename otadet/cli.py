@@ -86,6 +86,10 @@ def run(argv: list[str]) -> int:
 
     overrides = parse_overrides(rest)
     model = overrides.pop("model", None)
+    if mode == "train" and model is None and isinstance(overrides.get("resume"), str):
+        from .engine.resume import resume_checkpoint
+
+        model = str(resume_checkpoint(overrides["resume"]))  # resume=runs/train/exp: that run's last.pt
     if mode == "train" and model is None:
         model = "ota_tiny.yaml"
         print("otadet train: no model= given, using ota_tiny.yaml", file=sys.stderr)

@@ -26,6 +26,7 @@ from .utils.paths import asset_dir, find_asset
 __all__ = [
     "Args",
     "DEFAULT_CONF",
+    "SCHEDULES",
     "BackboneConfig",
     "FPNConfig",
     "HeadConfig",
@@ -207,6 +208,21 @@ _EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "conf": (float,),
     "workers": (int,),
     "assigner": (str,),  # ota | fcos | atss | simota; null = the model YAML's
+    "schedule": (str,),  # a key of SCHEDULES
+    "resume": (bool, str),  # true (model= is the checkpoint), or a run folder / checkpoint path
+}
+
+# The paper's schedules (`schedule=` key). Each fills the keys below at the layer that names it,
+# so keys given in the same or a later layer win (make_args). lr0 is for batch 16 and is scaled
+# linearly with `batch`; iteration counts are not.
+_PAPER_OPTIM = {"optimizer": "sgd", "lr0": 0.01, "momentum": 0.9, "weight_decay": 0.0001, "warmup_iters": 1000, "warmup_factor": 0.001}
+SCHEDULES: dict[str, dict] = {
+    # COCO 1x: 90k iterations at batch 16, x0.1 at 60k and 80k, shorter side 800 / max 1333.
+    "1x": {**_PAPER_OPTIM, "iters": 90000, "lr_steps": [2 / 3, 8 / 9], "imgsz": 800, "max_size": 1333},
+    # COCO 2x: 180k iterations, x0.1 at 120k and 160k, multi-scale shorter side 640-800 (step 32).
+    "2x": {**_PAPER_OPTIM, "iters": 180000, "lr_steps": [2 / 3, 8 / 9], "imgsz": [640, 672, 704, 736, 768, 800], "max_size": 1333},
+    # CrowdHuman: 30 epochs; our choice of decay at epochs 24 and 27; 800 / max 1400 for its wide images.
+    "crowdhuman": {**_PAPER_OPTIM, "iters": 0, "epochs": 30, "lr_steps": [0.8, 0.9], "imgsz": 800, "max_size": 1400},
 }
 
 
@@ -239,8 +255,14 @@ def _check_run_args(given: dict, where: str) -> dict:
 
 
 def make_args(overrides: dict, *, model_defaults: dict | None = None, where: str = "arguments") -> "Args":
-    """Resolve run arguments. Precedence: {**default.yaml, **model YAML 'train:', **overrides}."""
-    resolved = {**default_args(), **(model_defaults or {}), **_check_run_args(overrides, where)}
+    """Resolve run arguments. Precedence: {**default.yaml, **model YAML 'train:', **overrides};
+    a `schedule` preset sits just below the layer that names it."""
+    resolved: dict = {}
+    for layer, name in ((default_args(), "cfg/default.yaml"), (model_defaults or {}, "model YAML train:"), (_check_run_args(overrides, where), where)):
+        schedule = layer.get("schedule")
+        if schedule is not None and schedule not in SCHEDULES:
+            check_keys({schedule: 0}, SCHEDULES, f"{name}: schedule")
+        resolved |= SCHEDULES.get(schedule, {}) | layer
     return Args(**resolved)
 
 

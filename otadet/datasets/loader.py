@@ -5,14 +5,14 @@ H, W = padded input size.
 """
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple
 
 import cv2
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .base import DetectionDataset
 from .coco import CocoDetection
@@ -134,14 +134,18 @@ def build_dataloader(
     sampler: Sampler | None = None,
     augment: bool | None = None,
     drop_last: bool = False,
+    pin_memory: bool | None = None,
+    wrap: Callable[[Dataset], Dataset] | None = None,
 ) -> DataLoader:
     """A DataLoader of `Batch`es over `split`; the dataset is `loader.dataset`.
 
     augment defaults to split == 'train'. A given `sampler` (e.g. DistributedSampler) owns the
     order, so `shuffle` is then ignored. Same seed -> same order and same augmentations.
+    pin_memory defaults to CUDA being available; `wrap` wraps the dataset (the trainer's SeededSamples).
     """
     augment = split == "train" if augment is None else augment
     dataset = build_dataset(spec, split, imgsz=imgsz, max_size=max_size, augment=augment)
+    dataset = wrap(dataset) if wrap is not None else dataset
     generator = torch.Generator()
     generator.manual_seed(seed)
     if workers == 0:
@@ -153,7 +157,7 @@ def build_dataloader(
         sampler=sampler,
         num_workers=workers,
         collate_fn=_Collate(size_divisible),
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=drop_last,
         generator=generator,
         worker_init_fn=_seed_worker,

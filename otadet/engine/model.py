@@ -79,14 +79,18 @@ class Detector:
     # ------------------------------------------------------------------ modes
     def train(self, **kwargs) -> dict:
         """Train on `data`; afterwards this Detector holds the best weights. Returns the final metrics."""
+        from .resume import resume_overrides
         from .trainer import run_training
 
+        if kwargs.get("resume"):  # continue a run: its checkpoint's train args, then the ones given here
+            kwargs = resume_overrides(kwargs, self.source)
         args = self._args(kwargs, "train")
         same_classes = len(self.names) == len(load_data(args.data).names)
         init = self.net.state_dict() if self.train_args and same_classes else None  # fine-tune a checkpoint
         result = run_training(self.cfg, args, init_state=init)
         state = load_checkpoint(result["best"])
         self.names = list(state["names"])
+        self.cfg = model_config_from_dict(state["model_cfg"], where=f"{result['best']}: model_cfg")
         self.net = build_detector(self.cfg, len(self.names))
         self.net.load_state_dict(state["model"])
         self.train_args = {k: v for k, v in args.to_dict().items() if k in _INHERITED}

@@ -1,43 +1,47 @@
 """Training: a visible loop (train_one_epoch) and the small helpers it calls.
 
-run_training() wires config -> data -> model -> criterion -> optimizer, then per epoch:
-train_one_epoch, validate, log (console, results.csv, TensorBoard), checkpoint (atomic).
+run_training() wires config -> data -> model -> criterion -> optimizer, resumes if asked,
+then per epoch: train_one_epoch, validate, log (console, results.csv, TensorBoard),
+checkpoint (atomic). Distributed runs (torchrun, SLURM, or `device=0,1,..` which launches
+torchrun) train one process per GPU; `batch` is the total over all of them, and only rank 0
+validates and writes anything. See docs/training.md.
 """
 
 import csv
 import math
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import yaml
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from ..config import DEFAULT_CONF, Args, ModelConfig, with_assigner
+from ..config import DEFAULT_CONF, Args, ConfigError, ModelConfig, model_config_from_dict, with_assigner
 from ..criterion import OTACriterion, build_criterion
 from ..datasets.data_yaml import load_data
 from ..datasets.loader import build_dataloader
 from ..models.build import build_detector
-from ..utils.checkpoint import save_checkpoint
+from ..utils.checkpoint import load_checkpoint, save_checkpoint
+from ..utils.dist import (
+    barrier, broadcast_object, dist_env, init_distributed, is_dist, is_main, main_process_first, rank, world_size,
+)  # fmt: skip
 from ..utils.log import LOGGER, colorstr
 from ..utils.paths import increment_path
-from ..utils.torch_utils import model_summary, seed_everything, select_device
+from ..utils.torch_utils import AmpSettings, model_summary, resolve_amp, seed_everything, select_device
+from .ema import ModelEMA
+from .launch import launch_workers, needs_launch
+from .resume import GracefulStop, TrainingStopped, restore_training, resume_checkpoint, set_rng_state, training_state
+from .sampling import TrainSampler
+from .schedule import LRSchedule, lr_factor, plan_iterations, scaled_lr
 from .validator import validate
 
-__all__ = ["run_training", "train_one_epoch", "build_optimizer", "lr_factor"]
-
-REFERENCE_BATCH = 16  # lr0 is given for this batch size (paper: 16 images on 8 GPUs)
-
-
-def lr_factor(iteration: int, *, total: int, warmup_iters: int, warmup_factor: float, steps: list[float], gamma: float) -> float:
-    """Multiplier of the base lr at `iteration`: linear warmup, then x gamma at each step fraction."""
-    decay = gamma ** sum(iteration >= round(s * total) for s in steps)
-    if iteration < warmup_iters:
-        alpha = iteration / warmup_iters
-        return decay * (warmup_factor * (1 - alpha) + alpha)
-    return decay
+__all__ = ["run_training", "train_one_epoch", "build_optimizer", "lr_factor", "Loop"]
 
 
 def build_optimizer(model: nn.Module, args: Args) -> torch.optim.Optimizer:
@@ -48,9 +52,7 @@ def build_optimizer(model: nn.Module, args: Args) -> torch.optim.Optimizer:
         for p in module.parameters(recurse=False):
             if p.requires_grad:
                 (no_decay if isinstance(module, norm_types) else decay).append(p)
-    lr = args.lr0 * args.batch / REFERENCE_BATCH
-    if args.batch != REFERENCE_BATCH:
-        LOGGER.info(f"lr scaled linearly for batch {args.batch}: {args.lr0} x {args.batch}/{REFERENCE_BATCH} = {lr:g}")
+    lr = scaled_lr(args.lr0, args.batch)
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if args.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=args.momentum)
@@ -59,135 +61,267 @@ def build_optimizer(model: nn.Module, args: Args) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer={args.optimizer!r}: use sgd or adamw")
 
 
+@dataclass
+class Loop:
+    """What train_one_epoch needs besides model, criterion, data and optimizer (built by run_training)."""
+
+    net: nn.Module  # the bare model (EMA source); `model` may be its DDP / compiled wrapper
+    schedule: LRSchedule
+    amp: AmpSettings
+    scaler: torch.amp.GradScaler
+    ema: ModelEMA | None
+    device: torch.device
+    total: int  # stop after this many iterations
+    iters_per_epoch: int
+    grad_clip: float
+    save_period: int  # iterations; 0 = only at epoch ends
+    save: Callable[[int, int], None]  # save(epoch, iteration): a mid-epoch last.pt
+    stop: GracefulStop
+    writer: SummaryWriter | None  # rank 0 only
+
+
 def train_one_epoch(
-    model: nn.Module,
-    criterion: OTACriterion,
-    loader,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    *,
-    device: torch.device,
-    epoch: int,
-    epochs: int,
-    grad_clip: float,
-    writer: SummaryWriter | None,
-) -> dict[str, float]:
-    """One pass over `loader`; returns the epoch's mean losses and assigner statistics."""
+    model: nn.Module, criterion: OTACriterion, loader, optimizer: torch.optim.Optimizer, loop: Loop,
+    *, epoch: int, epochs: int, iteration: int,
+) -> tuple[dict[str, float], int, bool]:  # fmt: skip
+    """Train from global `iteration` to the end of the epoch (or loop.total, or a stop signal).
+
+    Returns the mean of the logged scalars, the iteration reached and whether a signal stopped it."""
     model.train()
     sums: dict[str, float] = {}
-    bar = tqdm(loader, desc=f"{epoch + 1}/{epochs}", bar_format="{l_bar}{bar:20}{r_bar}", leave=True)
-    for i, batch in enumerate(bar):
-        batch = batch.to(device, non_blocking=True)
-        # channels_last: ~1.3x faster convolutions on CPU (oneDNN) and with AMP on tensor cores.
-        outputs = model(batch.images.contiguous(memory_format=torch.channels_last))
+    steps, stopped = 0, False
+    bar = tqdm(
+        loader, desc=f"{epoch + 1}/{epochs}", total=loop.iters_per_epoch, initial=iteration - epoch * loop.iters_per_epoch,
+        bar_format="{l_bar}{bar:20}{r_bar}", leave=True, disable=not is_main(),
+    )  # fmt: skip
+    for batch in bar:
+        lr = loop.schedule.apply(optimizer, iteration)
+        batch = batch.to(loop.device, non_blocking=True)
+        with torch.autocast(loop.device.type, dtype=loop.amp.dtype, enabled=loop.amp.enabled):
+            # channels_last: ~1.3x faster convolutions on CPU (oneDNN) and with AMP on tensor cores.
+            outputs = model(batch.images.contiguous(memory_format=torch.channels_last))
+        # Outside autocast: the assignment and the losses (and their normaliser) run in float32.
         loss, items, stats = criterion(
             outputs, batch.gt_boxes, batch.gt_labels, batch.gt_mask, batch.ignore_boxes, batch.ignore_mask
         )
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"loss is {loss.item()} at epoch {epoch + 1} iteration {i} ({ {k: v.item() for k, v in items.items()} }); "
+                f"loss is {loss.item()} at iteration {iteration} ({ {k: v.item() for k, v in items.items()} }); "
                 "lower lr0 or raise warmup_iters"
             )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        scheduler.step()
+        loop.scaler.scale(loss).backward()  # the scaler is a pass-through unless fp16
+        if loop.grad_clip > 0:
+            loop.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
+        loop.scaler.step(optimizer)
+        loop.scaler.update()
+        iteration += 1
+        steps += 1
+        if loop.ema is not None:
+            loop.ema.update(loop.net)
 
         scalars = {**{f"loss/{k}": v.item() for k, v in items.items()}, "loss/total": loss.item()}
-        scalars |= {"assign/mean_k": stats["mean_k"].item(), "assign/pos_per_gt": stats["pos_per_gt"].item()}
+        # Every scalar the assigner reports (mean_k, pos_per_gt, ...); (B,)-shaped entries are skipped.
+        scalars |= {f"assign/{k}": v.item() for k, v in stats.items() if torch.is_tensor(v) and v.dim() == 0}
         for k, v in scalars.items():
             sums[k] = sums.get(k, 0.0) + v
-        lr = optimizer.param_groups[0]["lr"]
-        if writer is not None:
-            step = scheduler.last_epoch
+        if loop.writer is not None:
             for k, v in scalars.items():
-                writer.add_scalar(k, v, step)
-            writer.add_scalar("lr", lr, step)
+                loop.writer.add_scalar(k, v, iteration)
+            loop.writer.add_scalar("lr", lr, iteration)
         bar.set_postfix_str(
             f"cls {items['cls']:.3f} box {items['box']:.3f} iou {items['iou']:.3f} "
             f"gts {int(stats['num_gts'])} k {stats['mean_k']:.1f} lr {lr:.2g}"
         )
-    return {k: v / max(len(loader), 1) for k, v in sums.items()}
+        # Mid-epoch saves only: the epoch end saves anyway, after validation.
+        if loop.save_period > 0 and iteration % loop.save_period == 0 and iteration % loop.iters_per_epoch and iteration < loop.total:
+            loop.save(epoch, iteration)
+        if iteration >= loop.total:
+            break
+        if loop.stop.requested(loop.device):
+            stopped = True
+            break
+    return {k: v / max(steps, 1) for k, v in sums.items()}, iteration, stopped
 
 
 def run_training(model_cfg: ModelConfig, args: Args, *, init_state: dict | None = None) -> dict:
     """Train per `args`; returns {'save_dir', 'best', 'last', 'metrics', 'names'}."""
-    model_cfg = with_assigner(model_cfg, args.assigner)  # the `assigner=` run key overrides the YAML's
-    seed_everything(args.seed)
-    device = select_device(args.device)
-    spec = load_data(args.data)
+    if args.resume:  # a run folder or checkpoint path (Detector.train turns resume=True into its model=)
+        args = args.replace(resume=str(resume_checkpoint(args.resume)))
+    if needs_launch(args):  # device=0,1,...: start one process per GPU and wait for them
+        names = list(load_data(args.data).names)
+        return launch_workers(model_cfg, args, _run_dir(args), names=names, init_state=init_state)
+    env = dist_env()
+    device = select_device(args.device, local_rank=env.local_rank if env else None)
+    if env is not None:
+        init_distributed(env, device)
+    with main_process_first():  # a built-in dataset is generated once
+        spec = load_data(args.data)
     names = list(spec.names)
-    model = build_detector(model_cfg, len(names)).to(device, memory_format=torch.channels_last)
+    resumed = load_checkpoint(args.resume) if args.resume else None
+    if resumed is not None:
+        model_cfg = model_config_from_dict(resumed["model_cfg"], where=f"{args.resume}: model_cfg")
+    model_cfg = with_assigner(model_cfg, args.assigner)  # the `assigner=` run key overrides the YAML's
+    _set_determinism(args.deterministic)
+    seed_everything(args.seed)
+
+    net = build_detector(model_cfg, len(names)).to(device, memory_format=torch.channels_last)
     if init_state is not None:
-        model.load_state_dict(init_state)
+        net.load_state_dict(init_state)
     if model_cfg.num_classes != len(names):
         LOGGER.info(f"{model_cfg.name}: num_classes {model_cfg.num_classes} -> {len(names)} from {spec.yaml_file.name}")
-    model_summary(model, args.imgsz if isinstance(args.imgsz, int) else max(args.imgsz), model_cfg.name)
+    if is_main():
+        model_summary(net, args.imgsz if isinstance(args.imgsz, int) else max(args.imgsz), model_cfg.name)
+    if is_dist() and device.type == "cuda" and any(isinstance(m, nn.BatchNorm2d) for m in net.modules()):
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)  # batch statistics over all GPUs (norm: bn)
     criterion = build_criterion(model_cfg, len(names))
 
-    loader_kw = dict(imgsz=args.imgsz, max_size=args.max_size, batch=args.batch, workers=args.workers, seed=args.seed)
-    train_loader = build_dataloader(spec, "train", shuffle=True, **loader_kw)
-    val_loader = build_dataloader(spec, args.split, shuffle=False, **{**loader_kw, "imgsz": _eval_size(args.imgsz)})
-    optimizer = build_optimizer(model, args)
-    total = args.epochs * len(train_loader)
-    schedule = dict(total=total, warmup_iters=args.warmup_iters, warmup_factor=args.warmup_factor, steps=args.lr_steps, gamma=args.lr_gamma)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, **schedule))
+    train_loader, sampler = _train_loader(spec, args, device)
+    ipe = math.ceil(sampler.num_samples / train_loader.batch_size)  # iterations per epoch, per rank
+    total, epochs = plan_iterations(args, ipe)
+    optimizer = build_optimizer(net, args)
+    schedule = LRSchedule.from_args(args, total)
+    amp = resolve_amp(args.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp.scaler)
+    ema = ModelEMA(net, decay=args.ema_decay, tau=float(args.ema_tau)) if args.ema else None
+    iteration, best_fitness = 0, -1.0
+    if resumed is not None:
+        iteration, best_fitness = restore_training(resumed, net, optimizer, scaler, ema, total=total, args=args)
+    model = _wrap(net, device, compile_model=args.compile)
 
-    save_dir = increment_path(Path(args.project) / "train" / args.name, exist_ok=args.exist_ok)
+    save_dir = broadcast_object(_run_dir(args) if is_main() else None)
     weights = save_dir / "weights"
-    weights.mkdir(parents=True, exist_ok=True)
-    (save_dir / "args.yaml").write_text(yaml.safe_dump(args.to_dict(), sort_keys=False))
-    (save_dir / "model.yaml").write_text(yaml.safe_dump(model_cfg.to_dict(), sort_keys=False))
-    writer = SummaryWriter(str(save_dir))
-    LOGGER.info(
-        f"{colorstr('train:')} {len(train_loader.dataset)} images, {len(train_loader)} iterations/epoch, "
-        f"{args.epochs} epochs, batch {args.batch}, imgsz {args.imgsz}, device {device}; results to {save_dir}"
-    )
-
-    best_fitness, metrics, start = -1.0, {}, time.time()
-    for epoch in range(args.epochs):
-        losses = train_one_epoch(
-            model, criterion, train_loader, optimizer, scheduler,
-            device=device, epoch=epoch, epochs=args.epochs, grad_clip=args.grad_clip, writer=writer,
+    writer = None
+    if is_main():
+        weights.mkdir(parents=True, exist_ok=True)
+        (save_dir / "args.yaml").write_text(yaml.safe_dump(args.to_dict(), sort_keys=False))
+        (save_dir / "model.yaml").write_text(yaml.safe_dump(model_cfg.to_dict(), sort_keys=False))
+        writer = SummaryWriter(str(save_dir))
+        val_loader = build_dataloader(
+            spec, args.split, imgsz=_eval_size(args.imgsz), max_size=args.max_size, batch=max(args.batch // world_size(), 1),
+            workers=args.workers, shuffle=False, seed=args.seed,
         )  # fmt: skip
-        validated = args.val or epoch == args.epochs - 1
-        if validated:
-            metrics = validate(
-                model, val_loader, conf=_val_conf(args), iou=args.iou, max_det=args.max_det,
-                pre_nms_topk=args.pre_nms_topk, device=device, names=names, verbose=False,
-            )  # fmt: skip
-        fitness = metrics["AP"] if validated else -1.0
-        # Same columns every epoch; metrics left empty where validation was skipped (val=False).
-        row = {"epoch": epoch + 1, **losses, **{f"metrics/{k}": metrics[k] if validated else "" for k in ("AP", "AP50", "AP75")}}
-        row["lr"] = optimizer.param_groups[0]["lr"]
-        _append_csv(save_dir / "results.csv", row)
-        for k, v in row.items():
-            if k.startswith("metrics/") and validated:
-                writer.add_scalar(k, v, epoch + 1)
-        state = {
-            "model_cfg": model_cfg.to_dict(),
-            "names": names,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch + 1,
-            "iteration": scheduler.last_epoch,
-            "best_fitness": max(best_fitness, fitness),
-            "metrics": {k: v for k, v in metrics.items() if isinstance(v, float)},
-            "train_args": args.to_dict(),
-        }
-        save_checkpoint(state, weights / "last.pt")
-        if fitness > best_fitness:
-            best_fitness = fitness
-            save_checkpoint(state, weights / "best.pt")
-        if args.save_period > 0 and (epoch + 1) % args.save_period == 0:
-            save_checkpoint(state, weights / f"epoch{epoch + 1}.pt")
-        scores = f"  AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}" if validated else ""
-        LOGGER.info(f"epoch {epoch + 1}/{args.epochs}: loss {losses.get('loss/total', math.nan):.4f}{scores}")
-    writer.close()
-    LOGGER.info(f"{args.epochs} epochs done in {(time.time() - start) / 60:.1f} min; weights in {weights}")
+    LOGGER.info(
+        f"{colorstr('train:')} {len(sampler.dataset)} images, {ipe} iterations/epoch, {total} iterations ({epochs} epochs), "
+        f"batch {args.batch} ({world_size()} x {train_loader.batch_size}), imgsz {args.imgsz}, device {device}; results to {save_dir}\n"
+        f"{schedule.describe()}; {amp.note}" + (f"; EMA decay {args.ema_decay}, tau {args.ema_tau}" if ema else "")
+    )
+    if args.iters > 0 and args.batch != 16:
+        LOGGER.info(f"iters={args.iters} at batch {args.batch} sees {args.batch / 16:.2g}x the images of the same schedule at batch 16")
+
+    def checkpoint(epoch_done: int, it: int, metrics: dict) -> dict:
+        return training_state(
+            net, ema, optimizer, scaler, model_cfg, names, args, epoch=epoch_done, iteration=it, best_fitness=best_fitness, metrics=metrics
+        )
+
+    def save_mid_epoch(epoch: int, it: int) -> None:
+        if is_main():
+            state = checkpoint(epoch, it, metrics)
+            save_checkpoint(state, weights / "last.pt")
+            save_checkpoint(state, weights / f"iter{it}.pt")
+
+    metrics, start = {}, time.time()
+    with GracefulStop() as stop:
+        loop = Loop(net=net, schedule=schedule, amp=amp, scaler=scaler, ema=ema, device=device, total=total,
+                    iters_per_epoch=ipe, grad_clip=args.grad_clip, save_period=args.save_period,
+                    save=save_mid_epoch, stop=stop, writer=writer)  # fmt: skip
+        if resumed is not None:
+            set_rng_state(resumed["rng"])  # last: building the model above drew from the global RNG
+        try:
+            for epoch in range(iteration // ipe, epochs):
+                sampler.set_epoch(epoch, start=(iteration - epoch * ipe) * train_loader.batch_size)
+                losses, iteration, stopped = train_one_epoch(
+                    model, criterion, train_loader, optimizer, loop, epoch=epoch, epochs=epochs, iteration=iteration
+                )
+                if stopped:
+                    save_mid_epoch(epoch, iteration)
+                    if is_main():
+                        LOGGER.warning(f"saved {weights / 'last.pt'} at iteration {iteration}; resume with `otadet train resume={save_dir}`")
+                    raise TrainingStopped(f"stopped at iteration {iteration}; resume with `otadet train resume={save_dir}`")
+                validated = args.val or epoch == epochs - 1
+                if is_main():
+                    metrics, best_fitness = _end_epoch(
+                        ema.module if ema else net, val_loader, args, names, writer, save_dir, checkpoint,
+                        epoch=epoch, epochs=epochs, iteration=iteration, losses=losses, lr=optimizer.param_groups[0]["lr"], validated=validated,
+                        best_fitness=best_fitness, device=device,
+                    )  # fmt: skip
+                barrier()  # the other ranks wait for rank 0's validation
+        finally:
+            if writer is not None:
+                writer.close()
+    LOGGER.info(f"{iteration} iterations done in {(time.time() - start) / 60:.1f} min; weights in {weights}")
     return {"save_dir": save_dir, "best": weights / "best.pt", "last": weights / "last.pt", "metrics": metrics, "names": names}
+
+
+def _end_epoch(
+    model: nn.Module, val_loader, args: Args, names: list[str], writer: SummaryWriter, save_dir: Path, checkpoint,
+    *, epoch: int, epochs: int, iteration: int, losses: dict, lr: float, validated: bool, best_fitness: float, device: torch.device,
+) -> tuple[dict, float]:  # fmt: skip
+    """Rank 0 at an epoch end: validate, log (results.csv, TensorBoard, console), save last/best."""
+    metrics = {}
+    if validated:  # save first: a COCO val takes minutes, and a stop or crash in it should lose nothing
+        save_checkpoint(checkpoint(epoch + 1, iteration, metrics), save_dir / "weights" / "last.pt")
+        metrics = validate(
+            model, val_loader, conf=_val_conf(args), iou=args.iou, max_det=args.max_det,
+            pre_nms_topk=args.pre_nms_topk, device=device, names=names, verbose=False,
+        )  # fmt: skip
+    fitness = metrics["AP"] if validated else -1.0
+    # Same columns every epoch; metrics left empty where validation was skipped (val=False).
+    row = {"epoch": epoch + 1, "iteration": iteration, **losses}
+    row |= {f"metrics/{k}": metrics[k] if validated else "" for k in ("AP", "AP50", "AP75")}
+    row["lr"] = lr
+    _append_csv(save_dir / "results.csv", row)
+    if validated:
+        for k in ("AP", "AP50", "AP75"):
+            writer.add_scalar(f"metrics/{k}", metrics[k], iteration)
+    best = max(best_fitness, fitness)
+    state = checkpoint(epoch + 1, iteration, metrics)
+    state["best_fitness"] = best
+    weights = save_dir / "weights"
+    save_checkpoint(state, weights / "last.pt")
+    if fitness > best_fitness or not (weights / "best.pt").exists():
+        save_checkpoint(state, weights / "best.pt")
+    scores = f"  AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}" if validated else ""
+    LOGGER.info(f"epoch {epoch + 1}/{epochs} (iteration {iteration}): loss {losses.get('loss/total', math.nan):.4f}{scores}")
+    return metrics, best
+
+
+def _train_loader(spec, args: Args, device: torch.device) -> tuple[torch.utils.data.DataLoader, TrainSampler]:
+    """The training DataLoader over this rank's share of each batch, and its resumable sampler."""
+    if args.batch % world_size():
+        raise ConfigError(f"batch={args.batch} is the total over {world_size()} processes and must divide evenly")
+    sampler = TrainSampler(rank=rank(), world_size=world_size(), seed=args.seed)
+    loader = build_dataloader(
+        spec, "train", imgsz=args.imgsz, max_size=args.max_size, batch=args.batch // world_size(), workers=args.workers,
+        shuffle=False, seed=args.seed, pin_memory=args.pin_memory and device.type == "cuda",
+        sampler=sampler, wrap=sampler.wrap,
+    )  # fmt: skip
+    return loader, sampler
+
+
+def _wrap(net: nn.Module, device: torch.device, *, compile_model: bool) -> nn.Module:
+    """DDP in a distributed run, then torch.compile if asked; `net` stays the bare model."""
+    model = net
+    if is_dist():
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile_model:
+        model = torch.compile(model)
+    return model
+
+
+def _run_dir(args: Args) -> Path:
+    """A resumed run continues in its own folder; a new one gets runs/train/exp, exp2, ..."""
+    if args.resume:
+        return Path(args.resume).resolve().parent.parent
+    return increment_path(Path(args.project) / "train" / args.name, exist_ok=args.exist_ok)
+
+
+def _set_determinism(on: bool) -> None:
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
 
 
 def _eval_size(imgsz: int | list[int]) -> int:

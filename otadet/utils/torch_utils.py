@@ -1,7 +1,8 @@
-"""Device selection, model summary, seeding."""
+"""Device selection, mixed-precision settings, model summary, seeding."""
 
 import os
 import random
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -9,11 +10,32 @@ from torch import nn
 
 from .log import LOGGER
 
-__all__ = ["select_device", "model_summary", "seed_everything"]
+__all__ = ["select_device", "device_list", "AmpSettings", "resolve_amp", "model_summary", "seed_everything"]
 
 
-def select_device(device: str | int | None = None) -> torch.device:
-    """None -> cuda:0 if available else cpu; 'cpu'; 0 / '0' / 'cuda:0'. Fails clearly on a missing GPU."""
+def device_list(device: str | int | None) -> list[str]:
+    """'0,1,2' -> ['0', '1', '2']; one device -> a one-item list; None -> []."""
+    if device is None or device == "":
+        return []
+    return [d.strip() for d in str(device).split(",") if d.strip()]
+
+
+def select_device(device: str | int | None = None, local_rank: int | None = None) -> torch.device:
+    """None -> cuda:0 if available else cpu; 'cpu'; 0 / '0' / 'cuda:0'. Fails clearly on a missing GPU.
+
+    In a distributed run `local_rank` picks this process's GPU: the local_rank-th of a list like
+    '0,1,2,3', or cuda:<local_rank> when device is None. device=cpu keeps every rank on the CPU.
+    """
+    if local_rank is not None:
+        devices = device_list(device)
+        if devices == ["cpu"] or (not devices and not torch.cuda.is_available()):
+            return torch.device("cpu")
+        if not devices:
+            device = local_rank
+        elif len(devices) > 1:
+            if local_rank >= len(devices):
+                raise ValueError(f"device={device!r} lists {len(devices)} GPUs but this is local rank {local_rank}")
+            device = devices[local_rank]
     if device is None or device == "":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     text = str(device).strip().lower()
@@ -22,7 +44,7 @@ def select_device(device: str | int | None = None) -> torch.device:
     if text.startswith("cuda"):
         text = text.split(":", 1)[1] if ":" in text else "0"
     if "," in text:
-        text = text.split(",")[0]  # multi-GPU launch is handled by the trainer; each rank sets its own
+        text = text.split(",")[0]  # a single process on the first listed GPU
     if not text.isdigit():
         raise ValueError(f"device={device!r}: expected cpu, a CUDA index like 0, or cuda:0")
     if not torch.cuda.is_available() or int(text) >= torch.cuda.device_count():
@@ -31,6 +53,29 @@ def select_device(device: str | int | None = None) -> torch.device:
             f"({torch.cuda.device_count()} visible); use device=cpu"
         )
     return torch.device(f"cuda:{text}")
+
+
+class AmpSettings(NamedTuple):
+    enabled: bool  # run the model forward under torch.autocast
+    dtype: torch.dtype  # autocast dtype (float32 when disabled)
+    scaler: bool  # fp16 needs a GradScaler against gradient underflow; bf16 does not
+    note: str  # what was chosen and why, for the log
+
+
+def resolve_amp(amp: bool, device: torch.device, *, bf16_supported: bool | None = None) -> AmpSettings:
+    """Mixed-precision settings for `amp` on `device`: CUDA -> bf16 where the GPU supports it
+    (Ampere and newer), else fp16 with a GradScaler; CPU -> off (a no-op, with a note).
+    `bf16_supported` None asks torch.cuda.is_bf16_supported()."""
+    if not amp:
+        return AmpSettings(False, torch.float32, False, "amp off: float32")
+    if device.type != "cuda":
+        return AmpSettings(False, torch.float32, False, f"amp=True has no effect on {device.type}: training in float32")
+    if bf16_supported is None:
+        with torch.cuda.device(device):
+            bf16_supported = torch.cuda.is_bf16_supported()
+    if bf16_supported:
+        return AmpSettings(True, torch.bfloat16, False, "amp: bfloat16 autocast (assigner and losses in float32)")
+    return AmpSettings(True, torch.float16, True, "amp: float16 autocast with GradScaler (no bf16 on this GPU; assigner and losses in float32)")
 
 
 def model_summary(model: nn.Module, imgsz: int, name: str = "model") -> dict:
