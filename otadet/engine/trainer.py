@@ -118,7 +118,7 @@ def run_training(model_cfg: ModelConfig, args: Args, *, init_state: dict | None 
     device = select_device(args.device)
     spec = load_data(args.data)
     names = list(spec.names)
-    model = build_detector(model_cfg, len(names)).to(device, memory_format=torch.channels_last)
+    model = build_detector(model_cfg, len(names), pretrained=args.pretrained).to(device, memory_format=torch.channels_last)
     if init_state is not None:
         model.load_state_dict(init_state)
     if model_cfg.num_classes != len(names):
