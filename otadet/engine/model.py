@@ -111,6 +111,7 @@ class Detector:
             self.net, loader, conf=DEFAULT_CONF["val"] if args.conf is None else args.conf, iou=args.iou, max_det=args.max_det,
             pre_nms_topk=args.pre_nms_topk, device=device, names=self.names,
             save_json=save_dir / "detections.json" if args.save_json else None, verbose=args.verbose,
+            augment=args.augment,
         )  # fmt: skip
         metrics["save_dir"] = str(save_dir)
         (save_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
@@ -134,7 +135,7 @@ class Detector:
             self.net, args.source, imgsz=_square(args.imgsz), max_size=args.max_size,
             conf=DEFAULT_CONF["predict"] if args.conf is None else args.conf, iou=args.iou, max_det=args.max_det,
             pre_nms_topk=args.pre_nms_topk, device=device, names=self.names, save=args.save,
-            save_dir=save_dir, line_width=args.line_width,
+            save_dir=save_dir, line_width=args.line_width, augment=args.augment,
         )  # fmt: skip
 
     def export(self, **kwargs) -> Path:

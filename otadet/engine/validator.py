@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..postprocess import dense_scores, nms
 from ..utils.log import LOGGER
+from .tta import tta_detect
 
 __all__ = ["METRIC_KEYS", "coco_evaluate", "validate", "input_sizes"]
 
@@ -125,6 +126,7 @@ def validate(
     names: list[str] | dict[int, str],
     save_json: Path | None = None,
     verbose: bool = True,
+    augment: bool = False,
 ) -> dict:
     """COCO bbox metrics of `model` (already on `device`) over `loader` (a CocoDetection loader).
 
@@ -132,7 +134,8 @@ def validate(
     to the annotation file's pixels, then COCOeval on the images seen. Prints a table (per
     class too if verbose) and the speed. Returns METRIC_KEYS floats, 'per_class'
     {name: AP}, 'images', 'instances' and 'speed' {preprocess, inference, postprocess} in ms
-    per image. `save_json` writes the COCO results list there.
+    per image. `save_json` writes the COCO results list there. augment=True: test-time
+    augmentation (engine/tta.py).
     """
     dataset = loader.dataset
     if not (hasattr(dataset, "coco") and hasattr(dataset, "cat_ids")):
@@ -155,14 +158,18 @@ def validate(
         for batch in bar:
             batch = batch.to(device)
             t_pre = _sync(device)
-            outputs = model(batch.images)
-            t_infer = _sync(device)
-            scores = dense_scores(outputs.cls_logits, outputs.iou_logits)  # (B, A, C)
             sizes = input_sizes(batch.orig_sizes, batch.scales)  # (B, 2) h, w
-            detections = nms(
-                outputs.boxes, scores, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk,
-                image_sizes=sizes.to(outputs.boxes.dtype),
-            )  # fmt: skip
+            if augment:  # scales x flips merged before one NMS (engine/tta.py); all timed as inference
+                detections = tta_detect(model, batch.images, sizes, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk)
+                t_infer = _sync(device)
+            else:
+                outputs = model(batch.images)
+                t_infer = _sync(device)
+                scores = dense_scores(outputs.cls_logits, outputs.iou_logits)  # (B, A, C)
+                detections = nms(
+                    outputs.boxes, scores, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk,
+                    image_sizes=sizes.to(outputs.boxes.dtype),
+                )  # fmt: skip
             for k, dets in enumerate(detections):
                 image_id = int(batch.image_ids[k])
                 if image_id in seen:
