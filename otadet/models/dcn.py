@@ -14,6 +14,7 @@ Shapes: B=batch, K=kernel taps (kh*kw), G=offset groups.
 
 import torch
 from torch import Tensor, nn
+from torch.utils.flop_counter import register_flop_formula
 from torchvision.ops import DeformConv2d
 
 __all__ = ["ModulatedDeformConv2d", "ONNX_DEFORM_CONV_OPSET", "check_onnx_opset"]
@@ -80,7 +81,21 @@ class ModulatedDeformConv2d(DeformConv2d):
         out = self.offset_mask(x)  # (B, 3*G*K, H', W')
         split = 2 * self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
         offset, mask = out[:, :split], torch.sigmoid(out[:, split:])  # (B, 2*G*K, H', W'), (B, G*K, H', W')
+        if torch.is_autocast_enabled(x.device.type):
+            # torchvision's kernel wants one float dtype; it has no bf16 path (on CUDA its own
+            # autocast rule also runs it in fp32). Sampling offsets stay precise this way.
+            with torch.autocast(x.device.type, enabled=False):
+                return super().forward(x.float(), offset.float(), mask.float())
         return super().forward(x, offset, mask)
+
+
+@register_flop_formula(torch.ops.torchvision.deform_conv2d)
+def _deform_conv2d_flops(input_shape, weight_shape, *args, out_shape, **kwargs) -> int:
+    """FLOPs of the convolution proper (2 per multiply-add, as torch counts convs); the bilinear
+    sampling is left out. Lets utils.torch_utils.model_summary count DCN layers."""
+    batch, out_channels, height, width = out_shape
+    _, in_per_group, kh, kw = weight_shape
+    return 2 * batch * out_channels * height * width * in_per_group * kh * kw
 
 
 def check_onnx_opset(model: nn.Module, opset: int) -> None:

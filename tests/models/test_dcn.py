@@ -129,3 +129,31 @@ def test_onnx_export_of_dcn(tmp_path):
     assert np.ptp(reference[..., 4:]) > 0.01, "scores are not trivial"
     assert np.abs(onnx_out[..., 4:] - reference[..., 4:]).max() < 1e-5
     assert np.abs(onnx_out[..., :4] - reference[..., :4]).max() < 1e-3
+
+
+def test_flop_counter_counts_dcn_as_its_conv_plus_the_offset_conv():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    conv = _conv()
+    dcn = ModulatedDeformConv2d.from_conv(conv)
+    x = torch.randn(1, 8, 16, 20)
+
+    def flops(fn) -> int:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            fn(x)
+        return counter.get_total_flops()
+
+    assert flops(dcn) == flops(conv) + flops(dcn.offset_mask) > 0
+
+
+def test_dcn_runs_under_bf16_autocast():
+    # A bf16 offset conv and an fp32 input would reach torchvision's kernel with mixed dtypes.
+    conv = _conv()
+    dcn = ModulatedDeformConv2d.from_conv(conv)
+    with torch.no_grad():
+        dcn.offset_mask.bias.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 8, 11, 14)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = dcn(x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, dcn(x), rtol=0.05, atol=0.05)  # offsets and mask from a bf16 conv
