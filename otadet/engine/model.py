@@ -51,7 +51,7 @@ class Detector:
             state = load_checkpoint(model)
             self.cfg = model_config_from_dict(state["model_cfg"], where=f"{model}: model_cfg")
             self.names = list(state["names"])
-            self.net = build_detector(self.cfg, len(self.names))
+            self.net = build_detector(self.cfg, len(self.names), pretrained=False)  # weights from the checkpoint
             self.net.load_state_dict(state["model"])
             self.train_args = {k: v for k, v in state.get("train_args", {}).items() if k in _INHERITED}
         elif suffix == ".onnx":
@@ -87,7 +87,7 @@ class Detector:
         result = run_training(self.cfg, args, init_state=init)
         state = load_checkpoint(result["best"])
         self.names = list(state["names"])
-        self.net = build_detector(self.cfg, len(self.names))
+        self.net = build_detector(self.cfg, len(self.names), pretrained=False)
         self.net.load_state_dict(state["model"])
         self.train_args = {k: v for k, v in args.to_dict().items() if k in _INHERITED}
         self.source = str(result["best"])

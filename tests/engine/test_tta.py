@@ -143,8 +143,9 @@ def test_merge_is_flip_equivariant(tiny):
     generator = torch.Generator().manual_seed(4)
     images = torch.randn(2, 3, 96, 128, generator=generator)
     sizes = torch.tensor([[96.0, 128.0], [96.0, 128.0]])
-    dets = tta_detect(tiny, images, sizes, conf=0.05)
-    mirrored = tta_detect(tiny, images.flip(-1), sizes, conf=0.05)
+    # pre_nms_topk 100 per pass keeps the NMS small (1800 candidates) for a random network.
+    dets = tta_detect(tiny, images, sizes, conf=0.05, pre_nms_topk=100)
+    mirrored = tta_detect(tiny, images.flip(-1), sizes, conf=0.05, pre_nms_topk=100)
     for d, m in zip(dets, mirrored):
         _assert_same_detections(_mirror(m, 128.0), d)
 
@@ -221,13 +222,15 @@ def test_detector_val_and_predict_with_augment(data_yaml, tmp_path):
     detector = Detector("ota_tiny.yaml", verbose=False)
     detector.names = ["circle", "rectangle", "triangle", "cross"]
     detector.net = build_detector(detector.cfg, 4)
-    common = dict(data=str(data_yaml), imgsz=96, max_size=128, batch=2, workers=0, project=str(tmp_path), verbose=False)
+    # A random network scores every anchor above conf: pre_nms_topk keeps its 18-pass NMS small.
+    common = dict(data=str(data_yaml), imgsz=96, max_size=128, batch=2, workers=0, project=str(tmp_path), verbose=False, pre_nms_topk=50)
     metrics = detector.val(augment=True, **common)
     assert metrics["images"] == 4 and all(math.isfinite(metrics[k]) for k in ("AP", "AP50", "AR100"))
     assert json.loads((tmp_path / "val" / "exp" / "metrics.json").read_text())["images"] == 4
     image = np.random.default_rng(0).integers(0, 255, (100, 150, 3), dtype=np.uint8)
-    (plain,) = predict(detector.net, image, imgsz=96, max_size=128, conf=0.05, device=CPU, names=detector.names)
-    (augmented,) = predict(detector.net, image, imgsz=96, max_size=128, conf=0.05, device=CPU, names=detector.names, augment=True)
+    kw = dict(imgsz=96, max_size=128, conf=0.05, pre_nms_topk=50, device=CPU, names=detector.names)
+    (plain,) = predict(detector.net, image, **kw)
+    (augmented,) = predict(detector.net, image, augment=True, **kw)
     boxes = augmented.boxes.data
     assert boxes.shape[1] == 6 and len(boxes) > 0 and not torch.equal(boxes, plain.boxes.data)
     assert (boxes[:, :4] >= 0).all() and (boxes[:, [0, 2]] <= 150).all() and (boxes[:, [1, 3]] <= 100).all()

@@ -103,3 +103,20 @@ def test_pretrained_run_key_types():
     assert make_args({}).pretrained is None
     with pytest.raises(ConfigError, match="'pretrained' must be str or bool"):
         make_args({"pretrained": 3})
+
+
+def test_a_checkpoint_loads_without_the_imagenet_file(tmp_path, reference):
+    # The checkpoint holds every weight: the YAML's backbone.pretrained is not read again.
+    from otadet.engine.model import Detector
+    from otadet.utils.checkpoint import save_checkpoint
+
+    file = tmp_path / "r18.pth"
+    torch.save(reference.state_dict(), file)
+    cfg = model_config_from_dict({**SMALL, "backbone": {**SMALL["backbone"], "pretrained": str(file)}})
+    net = build_detector(cfg, num_classes=2)
+    save_checkpoint({"model_cfg": cfg.to_dict(), "names": ["a", "b"], "model": net.state_dict()}, tmp_path / "best.pt")
+    file.unlink()
+    loaded = Detector(tmp_path / "best.pt", verbose=False).net
+    assert loaded.backbone.load_report is None
+    for key, value in net.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
