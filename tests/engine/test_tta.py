@@ -20,6 +20,7 @@ from otadet.engine.tta import TTA_RATIOS, TTAPass, augmented_dense, resize_batch
 from otadet.engine.validator import input_sizes, validate
 from otadet.models.build import build_detector
 from otadet.models.detector import DenseOutputs
+from otadet.postprocess import dense_scores, nms
 
 CPU = torch.device("cpu")
 ALL = (0.0, math.inf)  # a pass without a size range
@@ -123,6 +124,15 @@ def _assert_same_detections(a: torch.Tensor, b: torch.Tensor) -> None:
     assert a.shape == b.shape and a.shape[0] > 10
     order_a, order_b = a[:, 4].argsort(descending=True), b[:, 4].argsort(descending=True)
     torch.testing.assert_close(a[order_a], b[order_b], rtol=0, atol=1e-3)
+
+
+def test_the_identity_pass_is_the_plain_prediction(tiny):
+    images, sizes = _batch([(96, 128), (80, 100)])
+    with torch.no_grad():
+        out = tiny(images)
+    plain_a, plain_b = nms(out.boxes, dense_scores(out.cls_logits, out.iou_logits), conf=0.05, image_sizes=sizes.float())
+    tta_a, tta_b = tta_detect(tiny, images, sizes, conf=0.05, passes=[TTAPass(1.0, False, ALL)])
+    assert torch.equal(plain_a, tta_a) and torch.equal(plain_b, tta_b) and len(plain_a) > 10
 
 
 def test_symmetric_input_agrees_with_itself(tiny):
