@@ -199,7 +199,9 @@ def predict(
             t1 = _sync(device)
             if augment:  # scales x flips merged before one NMS (engine/tta.py); all timed as inference
                 sizes = torch.tensor(resized, dtype=torch.float32, device=device)  # (B, 2) h, w
-                detections = tta_detect(model, images, sizes, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk, classes=classes)
+                detections = tta_detect(
+                    model, images, sizes, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk, classes=classes
+                )
                 t2 = _sync(device)
             else:
                 outputs = model(images)

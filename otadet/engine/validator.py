@@ -160,7 +160,9 @@ def validate(
             t_pre = _sync(device)
             sizes = input_sizes(batch.orig_sizes, batch.scales)  # (B, 2) h, w
             if augment:  # scales x flips merged before one NMS (engine/tta.py); all timed as inference
-                detections = tta_detect(model, batch.images, sizes, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk)
+                detections = tta_detect(
+                    model, batch.images, sizes, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk
+                )
                 t_infer = _sync(device)
             else:
                 outputs = model(batch.images)

@@ -87,7 +87,8 @@ def pretrained_file(arch: str, pretrained: str, key: str = "backbone.pretrained"
         if not path.is_file():
             raise FileNotFoundError(
                 f"{key}: {path} does not exist — place a torchvision {arch} state dict there "
-                f"(e.g. {_example_file(arch)}), use {_TORCHVISION} for torchvision's cached ImageNet weights, or set it to null"
+                f"(e.g. {_example_file(arch)}), use {_TORCHVISION} for torchvision's cached ImageNet weights, "
+                "or set it to null"
             )
         return path
     if arch not in TORCHVISION_WEIGHTS:
@@ -106,7 +107,8 @@ def pretrained_file(arch: str, pretrained: str, key: str = "backbone.pretrained"
     if not path.is_file():
         raise FileNotFoundError(
             f"{key}={pretrained}: {enum.__name__}.{weights.name} is not in torchvision's local cache and otadet never "
-            f"downloads. Place {file_name} (from {weights.url}) at {path} — the folder is torch.hub.get_dir()/checkpoints, "
+            f"downloads. Place {file_name} (from {weights.url}) at {path} — the folder is "
+            "torch.hub.get_dir()/checkpoints, "
             f"set by $TORCH_HOME — or point {key} at a local copy of the file"
         )
     return path

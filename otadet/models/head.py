@@ -21,7 +21,7 @@ def _tower(channels: int, num_convs: int, gn_groups: int, dcn_last: bool = False
     layers = []
     for i in range(num_convs):
         deform = dcn_last and i == num_convs - 1
-        conv = ModulatedDeformConv2d(channels, channels, 3, padding=1) if deform else nn.Conv2d(channels, channels, 3, padding=1)
+        conv = (ModulatedDeformConv2d if deform else nn.Conv2d)(channels, channels, 3, padding=1)
         layers += [conv, nn.GroupNorm(gn_groups, channels), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 

@@ -233,7 +233,9 @@ def test_detector_val_and_predict_with_augment(data_yaml, tmp_path):
     detector.names = ["circle", "rectangle", "triangle", "cross"]
     detector.net = build_detector(detector.cfg, 4)
     # A random network scores every anchor above conf: pre_nms_topk keeps its 18-pass NMS small.
-    common = dict(data=str(data_yaml), imgsz=96, max_size=128, batch=2, workers=0, project=str(tmp_path), verbose=False, pre_nms_topk=50)
+    common = dict(
+        data=str(data_yaml), imgsz=96, max_size=128, batch=2, workers=0, project=str(tmp_path), verbose=False, pre_nms_topk=50
+    )
     metrics = detector.val(augment=True, **common)
     assert metrics["images"] == 4 and all(math.isfinite(metrics[k]) for k in ("AP", "AP50", "AR100"))
     assert json.loads((tmp_path / "val" / "exp" / "metrics.json").read_text())["images"] == 4

@@ -10,7 +10,11 @@ from otadet.models.backbone import ResNetBackbone, pretrained_file
 from otadet.models.build import build_detector
 from otadet.models.dcn import ModulatedDeformConv2d
 
-SMALL = {"backbone": {"arch": "resnet18", "norm": "frozen_bn"}, "fpn": {"channels": 32}, "head": {"channels": 32, "gn_groups": 8}}
+SMALL = {
+    "backbone": {"arch": "resnet18", "norm": "frozen_bn"},
+    "fpn": {"channels": 32},
+    "head": {"channels": 32, "gn_groups": 8},
+}
 R18_FILE = "resnet18-f37072fd.pth"  # the file name of ResNet18_Weights.IMAGENET1K_V1's URL
 
 
@@ -94,7 +98,8 @@ def test_imagenet_weights_load_into_a_dcn_backbone(tmp_path, reference):
             assert torch.equal(block.conv2.weight, ref_block.conv2.weight)  # same key, same shape
             assert block.conv2.offset_mask.weight.abs().sum() == 0
     report = backbone.load_report
-    assert len(report.new) == 3 * 2 * 2 and all(".conv2.offset_mask." in k for k in report.new)  # 3 stages x 2 blocks x (w, b)
+    # 3 stages x 2 blocks x (weight, bias) of the offset/mask conv
+    assert len(report.new) == 3 * 2 * 2 and all(".conv2.offset_mask." in k for k in report.new)
 
 
 def test_pretrained_run_key_types():

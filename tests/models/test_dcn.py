@@ -60,7 +60,7 @@ def test_tiny_dcn_detector_trains_on_cpu():
     model = build_detector(model_config_from_dict(TINY_DCN), num_classes=3).to(memory_format=torch.channels_last)
     dcns = [m for m in model.modules() if isinstance(m, ModulatedDeformConv2d)]
     assert len(dcns) == 3 + 2  # one block per stage in resnet10 (c3-c5) + the last conv of both towers
-    assert isinstance(model.head.cls_tower[3], ModulatedDeformConv2d) and isinstance(model.head.reg_tower[3], ModulatedDeformConv2d)
+    assert all(isinstance(tower[3], ModulatedDeformConv2d) for tower in (model.head.cls_tower, model.head.reg_tower))
     assert not isinstance(model.head.cls_tower[0], ModulatedDeformConv2d)
     # Every offset/mask conv starts at zero even after the head's normal(0.01) init.
     assert all(m.offset_mask.weight.abs().sum() == 0 for m in dcns)
