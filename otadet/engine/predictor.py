@@ -197,21 +197,17 @@ def predict(
             resized = [tuple(tensor.shape[1:]) for tensor, _ in samples]  # unpadded (h, w) of each input
             images = inputs.images.to(device)
             t1 = _sync(device)
-            if augment:  # scales x flips merged before one NMS (engine/tta.py); all timed as inference
-                sizes = torch.tensor(resized, dtype=torch.float32, device=device)  # (B, 2) h, w
-                detections = tta_detect(
-                    model, images, sizes, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk, classes=classes
-                )
-                t2 = _sync(device)
-            else:
-                outputs = model(images)
-                t2 = _sync(device)
-                scores = dense_scores(outputs.cls_logits, outputs.iou_logits)  # (B, A, C)
-                sizes = torch.tensor(resized, dtype=outputs.boxes.dtype, device=device)  # (B, 2) h, w
-                detections = nms(
-                    outputs.boxes, scores, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk,
-                    classes=classes, image_sizes=sizes,
-                )  # fmt: skip
+            outputs = model(images)
+            t2 = _sync(device)
+            scores = dense_scores(outputs.cls_logits, outputs.iou_logits)  # (B, A, C)
+            sizes = torch.tensor(resized, dtype=outputs.boxes.dtype, device=device)  # (B, 2) h, w
+            detections = nms(
+                outputs.boxes, scores, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk,
+                classes=classes, image_sizes=sizes,
+            )  # fmt: skip
+            if augment:  # + 17 scaled/flipped passes, one NMS over all (engine/tta.py); timed as postprocess
+                kw = dict(conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk, classes=classes, plain=outputs)
+                detections = tta_detect(model, images, sizes, **kw)
             chunk_results = []
             for (src, image), (h, w), dets in zip(chunk, resized, detections):
                 orig_h, orig_w = image.shape[:2]

@@ -5,7 +5,8 @@ is run again at every ratio r in TTA_RATIOS — ATSS's test scales (400, 500, ..
 its 800 — each plain and mirrored left-right: 18 passes. A pass resizes each image's
 unpadded region by r (bilinear, half-pixel centres as cv2.INTER_LINEAR) so both sides, and
 with them the `max_size` cap, scale by r: a model at imgsz 256 tests at 128..384, one at 800
-at 400..1200 (max 667..2000). Ratio 1 without the flip is exactly the plain forward.
+at 400..1200 (max 667..2000). Ratio 1 without the flip is exactly the plain forward, so a
+caller that already ran it passes its outputs (`plain=`) and 17 passes remain.
 
 Every pass's dense boxes are mirrored back if flipped and divided by the exact per-axis
 resize ratio, into the frame of the input batch (the caller maps that frame to original
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models.detector import DenseOutputs
 from ..postprocess import dense_scores, nms
 
 __all__ = ["TTA_RATIOS", "TTA_SIZE_RANGES", "TTAPass", "tta_passes", "resize_batch", "augmented_dense", "tta_detect"]
@@ -82,12 +84,14 @@ def augmented_dense(
     *,
     passes: list[TTAPass] | None = None,
     topk: int = 1000,
+    plain: DenseOutputs | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Boxes and scores of every pass, in the frame of `images`, concatenated.
 
     Args:
         images: (B, 3, H, W) the normalised, padded input batch; sizes: (B, 2) its unpadded (h, w).
         passes: tta_passes() by default; topk: anchors kept per pass (by best class score).
+        plain: model(images) if already computed: it stands for the ratio-1 unflipped pass.
     Returns:
         boxes (B, K, 4) xyxy and scores (B, K, C) (postprocess.dense_scores, 0 outside a
         pass's size range), K = sum over passes of min(topk, A).
@@ -99,7 +103,7 @@ def augmented_dense(
     all_boxes, all_scores = [], []
     for p in passes:
         inputs, new = resize_batch(images, sizes, p.ratio, p.flip)
-        outputs = model(inputs)
+        outputs = plain if plain is not None and p.ratio == 1 and not p.flip else model(inputs)
         scores = dense_scores(outputs.cls_logits, outputs.iou_logits).float()  # (B, A, C)
         boxes = outputs.boxes.float()  # (B, A, 4) in this pass's input pixels
         new = new.to(torch.float32)  # (B, 2) h, w of this pass
@@ -133,11 +137,13 @@ def tta_detect(
     pre_nms_topk: int = 1000,
     classes: list[int] | None = None,
     passes: list[TTAPass] | None = None,
+    plain: DenseOutputs | None = None,
 ) -> list[Tensor]:
     """Detections of the augmented passes after one NMS over their union, as postprocess.nms gives:
-    B tensors (N, 6) x1 y1 x2 y2 score class in the frame of `images`, clipped to `sizes`."""
+    B tensors (N, 6) x1 y1 x2 y2 score class in the frame of `images`, clipped to `sizes`.
+    `plain`: model(images), if the caller has it (saves one pass)."""
     passes = tta_passes() if passes is None else passes
-    boxes, scores = augmented_dense(model, images, sizes, passes=passes, topk=pre_nms_topk)
+    boxes, scores = augmented_dense(model, images, sizes, passes=passes, topk=pre_nms_topk, plain=plain)
     return nms(
         boxes, scores, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk * len(passes),
         classes=classes, image_sizes=sizes.to(device=boxes.device, dtype=boxes.dtype),

