@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .assign import ASSIGNERS
-from .models.backbone import ARCHS, NORMS
+from .models.backbone import ARCHS, DCN_STAGES, NORMS, pretrained_file
 from .utils.checks import ConfigError, check_keys, read_yaml
 from .utils.paths import asset_dir, find_asset
 
@@ -38,6 +38,7 @@ __all__ = [
     "with_assigner",
     "default_args",
     "make_args",
+    "with_pretrained",
     "check_keys",
     "read_yaml",
 ]
@@ -51,7 +52,10 @@ class BackboneConfig:
     arch: str = "resnet50"  # one of models.backbone.ARCHS
     norm: str = "frozen_bn"  # frozen_bn (pretrained recipe) | bn (from scratch)
     freeze_at: int = 2  # 0 none, 1 stem, 2 stem + res2 (detectron2)
-    pretrained: str | None = None  # local torchvision state-dict file; never downloaded
+    # A local torchvision state-dict file, or 'torchvision' / 'torchvision:IMAGENET1K_V2' for
+    # torchvision's ImageNet weights from its local cache; never downloaded (models/backbone.py).
+    pretrained: str | None = None
+    dcn_stages: list = field(default_factory=list)  # stages (3, 4, 5 = c3-c5) whose 3x3 convs are DCNv2
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class HeadConfig:
     # from one square anchor per point (detectron2's box coder), as the paper's Table 1 last row.
     box_coder: str = "ltrb"
     anchor_scale: float = 8.0  # box_coder delta: anchor side = anchor_scale * stride
+    dcn_last: bool = False  # last conv of each tower is DCNv2 (paper Table 5)
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,12 @@ def model_config_from_dict(data: dict, where: str = "model config") -> ModelConf
         check_keys({cfg.head.box_coder: 0}, BOX_CODERS, f"{where}: head.box_coder")
     if cfg.head.anchor_scale <= 0:
         raise ConfigError(f"{where}: head.anchor_scale must be > 0 (anchor side in strides), got {cfg.head.anchor_scale}")
+    stages = cfg.backbone.dcn_stages
+    if any(type(s) is not int or s not in DCN_STAGES for s in stages) or len(set(stages)) != len(stages):
+        raise ConfigError(
+            f"{where}: backbone.dcn_stages must list distinct stages among {list(DCN_STAGES)} "
+            f"(c3-c5, torchvision layer2-layer4), got {stages!r}; [] for no DCN"
+        )
     if cfg.head.channels != cfg.fpn.channels:
         raise ConfigError(f"{where}: head.channels ({cfg.head.channels}) must equal fpn.channels ({cfg.fpn.channels})")
     return cfg
@@ -198,6 +209,29 @@ def load_model_config(name_or_path: str | os.PathLike) -> ModelConfig:
     return model_config_from_dict(data, where=str(path))
 
 
+def with_pretrained(cfg: ModelConfig, pretrained: str | bool | None) -> ModelConfig:
+    """`cfg` with the run key `pretrained` applied to backbone.pretrained.
+
+    None keeps the model YAML's; False trains the backbone from scratch; True or 'torchvision'
+    takes torchvision's IMAGENET1K_V1 weights from its local cache ('torchvision:IMAGENET1K_V2'
+    another); any other string is a torchvision state-dict file. Checked here, before any
+    work: a file or cache entry that is missing fails with the file to place and where.
+    """
+    if pretrained is None:
+        return cfg
+    if pretrained is False or pretrained == "":
+        value = None
+    elif pretrained is True:
+        value = "torchvision"
+    elif isinstance(pretrained, (str, os.PathLike)):
+        value = str(pretrained)
+    else:
+        raise ConfigError(f"pretrained={pretrained!r}: expected a file path, torchvision, true/false or null")
+    if value is not None:
+        pretrained_file(cfg.backbone.arch, value, key="pretrained")
+    return dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, pretrained=value))
+
+
 # ----------------------------------------------------------------------------- run arguments
 
 # Keys whose default (often None) does not show every type they take.
@@ -210,6 +244,7 @@ _EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "assigner": (str,),  # ota | fcos | atss | simota; null = the model YAML's
     "schedule": (str,),  # a key of SCHEDULES
     "resume": (bool, str),  # true (model= is the checkpoint), or a run folder / checkpoint path
+    "pretrained": (str, bool),  # a file, 'torchvision[:WEIGHTS]', true = 'torchvision', false = none
 }
 
 # The paper's schedules (`schedule=` key). Each fills the keys below at the layer that names it,

@@ -24,6 +24,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from ..models.dcn import check_onnx_opset
 from ..postprocess import dense_scores
 from ..utils.log import LOGGER, colorstr
 
@@ -78,6 +79,7 @@ def export_onnx(
         raise ValueError(
             f"export_onnx: metadata['names'] must list the model's {num_classes} class names, got {names!r}"
         )
+    check_onnx_opset(model, opset)  # DCN (torchvision::deform_conv2d) needs opset >= 19
     size = -(-int(imgsz) // STRIDE_MULTIPLE) * STRIDE_MULTIPLE
     derived = {
         "strides": list(getattr(model, "strides", ())),

@@ -51,7 +51,7 @@ class Detector:
             state = load_checkpoint(model)
             self.cfg = model_config_from_dict(state["model_cfg"], where=f"{model}: model_cfg")
             self.names = list(state["names"])
-            self.net = build_detector(self.cfg, len(self.names))
+            self.net = build_detector(self.cfg, len(self.names), pretrained=False)  # weights from the checkpoint
             self.net.load_state_dict(state["model"])
             self.train_args = {k: v for k, v in state.get("train_args", {}).items() if k in _INHERITED}
         elif suffix == ".onnx":
@@ -91,7 +91,7 @@ class Detector:
         state = load_checkpoint(result["best"])
         self.names = list(state["names"])
         self.cfg = model_config_from_dict(state["model_cfg"], where=f"{result['best']}: model_cfg")
-        self.net = build_detector(self.cfg, len(self.names))
+        self.net = build_detector(self.cfg, len(self.names), pretrained=False)
         self.net.load_state_dict(state["model"])
         self.train_args = {k: v for k, v in args.to_dict().items() if k in _INHERITED}
         self.source = str(result["best"])
@@ -116,6 +116,7 @@ class Detector:
             pre_nms_topk=args.pre_nms_topk, device=device, names=self.names,
             save_json=save_dir / ("detections.odgt" if spec.format == "crowdhuman" else "detections.json") if args.save_json else None,
             verbose=args.verbose,
+            augment=args.augment,
         )  # fmt: skip
         metrics["save_dir"] = str(save_dir)
         (save_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
@@ -139,7 +140,7 @@ class Detector:
             self.net, args.source, imgsz=_square(args.imgsz), max_size=args.max_size,
             conf=DEFAULT_CONF["predict"] if args.conf is None else args.conf, iou=args.iou, max_det=args.max_det,
             pre_nms_topk=args.pre_nms_topk, device=device, names=self.names, save=args.save,
-            save_dir=save_dir, line_width=args.line_width,
+            save_dir=save_dir, line_width=args.line_width, augment=args.augment,
         )  # fmt: skip
 
     def export(self, **kwargs) -> Path:

@@ -25,6 +25,7 @@ from ..utils.log import LOGGER
 from ..utils.paths import increment_path
 from ..utils.torch_utils import select_device
 from .results import Boxes, Results
+from .tta import tta_detect
 
 __all__ = ["IMAGE_EXTENSIONS", "Source", "resolve_sources", "predict"]
 
@@ -153,12 +154,14 @@ def predict(
     save_dir: Path | None = None,
     line_width: int = 2,
     batch: int = 1,
+    augment: bool = False,
 ) -> list[Results]:
     """Detect objects in `source` (see resolve_sources) with `model` (already on `device`).
 
     Returns one Results per readable image, in source order, with boxes (N, 6) in original
     pixels clipped to the image. save=True writes annotated images to save_dir (default
     runs/predict/exp, incremented) under their file names; arrays as image0.jpg, ...
+    augment=True: test-time augmentation (engine/tta.py).
     """
     if batch < 1:
         raise ValueError(f"predict: batch must be >= 1, got {batch}")
@@ -202,6 +205,9 @@ def predict(
                 outputs.boxes, scores, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk,
                 classes=classes, image_sizes=sizes,
             )  # fmt: skip
+            if augment:  # + 17 scaled/flipped passes, one NMS over all (engine/tta.py); timed as postprocess
+                kw = dict(conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk, classes=classes, plain=outputs)
+                detections = tta_detect(model, images, sizes, **kw)
             chunk_results = []
             for (src, image), (h, w), dets in zip(chunk, resized, detections):
                 orig_h, orig_w = image.shape[:2]

@@ -166,7 +166,8 @@ def run_training(model_cfg: ModelConfig, args: Args, *, init_state: dict | None 
     _set_determinism(args.deterministic)
     seed_everything(args.seed)
 
-    net = build_detector(model_cfg, len(names)).to(device, memory_format=torch.channels_last)
+    pretrained = False if resumed is not None else args.pretrained  # a resumed run has its weights
+    net = build_detector(model_cfg, len(names), pretrained=pretrained).to(device, memory_format=torch.channels_last)
     if init_state is not None:
         net.load_state_dict(init_state)
     if model_cfg.num_classes != len(names):

@@ -25,6 +25,7 @@ from ..datasets.crowdhuman import is_ignore as crowdhuman_ignored
 from ..metrics import crowdhuman
 from ..postprocess import dense_scores, nms
 from ..utils.log import LOGGER
+from .tta import tta_detect
 
 __all__ = ["METRIC_KEYS", "CROWDHUMAN_KEYS", "coco_evaluate", "validate", "input_sizes"]
 
@@ -132,6 +133,7 @@ def validate(
     names: list[str] | dict[int, str],
     save_json: Path | None = None,
     verbose: bool = True,
+    augment: bool = False,
 ) -> dict:
     """Benchmark metrics of `model` (already on `device`) over `loader` (a DetectionDataset loader).
 
@@ -141,6 +143,7 @@ def validate(
     add 'images', 'instances' and 'speed' {preprocess, inference, postprocess} in ms per image,
     and print a table (per class too if verbose). `save_json` writes the detections there: a
     COCO results list, or for CrowdHuman one .odgt-style JSON record per line.
+    augment=True: test-time augmentation (engine/tta.py).
     """
     dataset = loader.dataset
     if not hasattr(dataset, "image_size") or not hasattr(dataset, "format"):
@@ -168,6 +171,9 @@ def validate(
                 outputs.boxes, scores, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk,
                 image_sizes=sizes.to(outputs.boxes.dtype),
             )  # fmt: skip
+            if augment:  # + 17 scaled/flipped passes, one NMS over all (engine/tta.py); timed as postprocess
+                kw = dict(conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk, plain=outputs)
+                kept = tta_detect(model, batch.images, sizes, **kw)
             for k, dets in enumerate(kept):
                 image_id = int(batch.image_ids[k])
                 if image_id in detections:  # an unreadable file makes the dataset repeat the next image

@@ -1,6 +1,6 @@
 """build_detector: the only code that turns a model config into modules."""
 
-from ..config import ModelConfig
+from ..config import ModelConfig, with_pretrained
 from .backbone import ResNetBackbone
 from .detector import STRIDES, OTADetector, build_fpn
 from .head import OTAHead
@@ -8,11 +8,17 @@ from .head import OTAHead
 __all__ = ["build_detector"]
 
 
-def build_detector(cfg: ModelConfig, num_classes: int | None = None) -> OTADetector:
-    """Network for `cfg`; `num_classes` (from the dataset) overrides cfg.num_classes."""
+def build_detector(cfg: ModelConfig, num_classes: int | None = None, *, pretrained: str | bool | None = None) -> OTADetector:
+    """Network for `cfg`; `num_classes` (from the dataset) overrides cfg.num_classes, and
+    `pretrained` (the run key, see config.with_pretrained) overrides backbone.pretrained."""
     num_classes = num_classes or cfg.num_classes
+    cfg = with_pretrained(cfg, pretrained)
     backbone = ResNetBackbone(
-        arch=cfg.backbone.arch, norm=cfg.backbone.norm, freeze_at=cfg.backbone.freeze_at, pretrained=cfg.backbone.pretrained
+        arch=cfg.backbone.arch,
+        norm=cfg.backbone.norm,
+        freeze_at=cfg.backbone.freeze_at,
+        pretrained=cfg.backbone.pretrained,
+        dcn_stages=cfg.backbone.dcn_stages,
     )
     head = OTAHead(
         in_channels=cfg.fpn.channels,
@@ -23,6 +29,7 @@ def build_detector(cfg: ModelConfig, num_classes: int | None = None) -> OTADetec
         prior_prob=cfg.head.prior_prob,
         # The delta coder regresses raw (dx, dy, dw, dh): no activation, no stride scaling.
         reg_activation=cfg.head.reg_activation if cfg.head.box_coder == "ltrb" else "none",
+        dcn_last=cfg.head.dcn_last,
     )
     return OTADetector(
         backbone=backbone,

@@ -1,6 +1,7 @@
 """The OTA-FCOS head: shared across FPN levels, a classification tower and a regression tower
 (each num_convs x conv3x3 + GroupNorm + ReLU), with the paper's IoU branch on the regression
-tower in place of FCOS's centerness.
+tower in place of FCOS's centerness. dcn_last=True makes the last conv of each tower DCNv2
+(the paper's Table 5 model).
 
 Shapes: B=batch, A=anchor points over all levels, C=classes.
 """
@@ -9,14 +10,19 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops import DeformConv2d
+
+from .dcn import ModulatedDeformConv2d
 
 __all__ = ["OTAHead"]
 
 
-def _tower(channels: int, num_convs: int, gn_groups: int) -> nn.Sequential:
+def _tower(channels: int, num_convs: int, gn_groups: int, dcn_last: bool = False) -> nn.Sequential:
     layers = []
-    for _ in range(num_convs):
-        layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.GroupNorm(gn_groups, channels), nn.ReLU(inplace=True)]
+    for i in range(num_convs):
+        deform = dcn_last and i == num_convs - 1
+        conv = (ModulatedDeformConv2d if deform else nn.Conv2d)(channels, channels, 3, padding=1)
+        layers += [conv, nn.GroupNorm(gn_groups, channels), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 
@@ -42,21 +48,25 @@ class OTAHead(nn.Module):
         gn_groups: int = 32,
         prior_prob: float = 0.01,
         reg_activation: str = "relu",
+        dcn_last: bool = False,
     ):
         super().__init__()
         assert reg_activation in ("relu", "exp", "none"), reg_activation  # none: raw deltas (box_coder delta)
         self.reg_activation = reg_activation
-        self.cls_tower = _tower(in_channels, num_convs, gn_groups)
-        self.reg_tower = _tower(in_channels, num_convs, gn_groups)
+        self.cls_tower = _tower(in_channels, num_convs, gn_groups, dcn_last)
+        self.reg_tower = _tower(in_channels, num_convs, gn_groups, dcn_last)
         self.cls_logits = nn.Conv2d(in_channels, num_classes, 3, padding=1)
         self.bbox_pred = nn.Conv2d(in_channels, 4, 3, padding=1)
         self.iou_pred = nn.Conv2d(in_channels, 1, 3, padding=1)
         # A learnable scale per level for the regression (FCOS).
         self.scales = nn.Parameter(torch.ones(num_levels))
         for module in self.modules():
-            if isinstance(module, nn.Conv2d):
+            if isinstance(module, (nn.Conv2d, DeformConv2d)):
                 nn.init.normal_(module.weight, std=0.01)
                 nn.init.constant_(module.bias, 0.0)
+        for module in self.modules():
+            if isinstance(module, ModulatedDeformConv2d):
+                module.reset_offset_mask()  # DCN starts on the regular grid
         # Focal-loss prior: start every class at probability prior_prob (RetinaNet Sec. 4.1).
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
 
