@@ -120,7 +120,6 @@ def _json_rows(result: Results, image_id) -> list[dict]:
     return rows
 
 
-@torch.no_grad()
 def iter_predict(
     model: nn.Module,
     source,
@@ -145,7 +144,7 @@ def iter_predict(
 ) -> Iterator[Results]:
     """Detect objects in `source` (see sources.resolve_sources) with `model` (already on `device`).
 
-    Yields one Results per readable image or video frame, in source order, with boxes (N, 6)
+    Arguments and sources are checked at the call; returns a generator that yields one Results per readable image or video frame, in source order, with boxes (N, 6)
     in original pixels clipped to the image. Outputs under save_dir (default runs/predict/exp,
     incremented): save=True annotated images under their file names (arrays as image0.jpg,
     ...) and annotated videos (<name>.mp4, or .avi where mp4 cannot be encoded); save_txt=True
@@ -168,84 +167,89 @@ def iter_predict(
         save_dir = Path(save_dir) if save_dir is not None else increment_path(Path("runs") / "predict" / "exp")
         save_dir.mkdir(parents=True, exist_ok=True)
     transform = build_transforms(False, imgsz, max_size)
-    was_training = model.training
-    model.eval()
-    to_half = half and not exported
-    if to_half:
-        model.half()
-    videos = _VideoWriters(save_dir) if save else None
-    json_rows: list[dict] = []
-    used_names: set[str] = set()
-    source_names: dict[int, str] = {}  # id(source) -> its unique output name
-    total = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
-    done = 0
-    images_total = sum(s.kind == "image" for s in sources)
-    try:
-        for chunk in _chunks(read_frames(sources), batch):
-            t0 = time.perf_counter()
-            samples = []
-            for k, item in enumerate(chunk):
-                tensor, _, scale = transform(item.image, np.zeros((0, 4), np.float32))
-                target = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64), "image_id": k,
-                          "orig_size": item.image.shape[:2], "scale": scale, "path": item.source.path}  # fmt: skip
-                samples.append((tensor, target))
-            inputs = collate(samples, size_divisible=SIZE_DIVISIBLE)
-            resized = [tuple(tensor.shape[1:]) for tensor, _ in samples]  # unpadded (h, w) of each input
-            images = inputs.images.to(device, torch.float16 if to_half else torch.float32)
-            t1 = _sync(device)
-            outputs = model(images)
-            t2 = _sync(device)
-            scores = dense_scores(outputs.cls_logits.float(), outputs.iou_logits.float())  # (B, A, C)
-            boxes = outputs.boxes.float()  # (B, A, 4)
-            sizes = torch.tensor(resized, dtype=boxes.dtype, device=boxes.device)  # (B, 2) h, w
-            detections = nms(
-                boxes, scores, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk,
-                classes=classes, image_sizes=sizes,
-            )  # fmt: skip
-            chunk_results = []
-            for item, (h, w), dets in zip(chunk, resized, detections):
-                orig_h, orig_w = item.image.shape[:2]
-                dets = dets.float().cpu()  # (N, 6)
-                # Input -> original pixels by the exact per-axis ratio of the rounded resize.
-                ratio = torch.tensor([orig_w / w, orig_h / h, orig_w / w, orig_h / h])
-                limit = torch.tensor([orig_w, orig_h, orig_w, orig_h], dtype=torch.float32)
-                dets[:, :4] = torch.minimum((dets[:, :4] * ratio).clamp(min=0), limit)
-                result = Results(orig_img=item.image, path=item.source.path, names=names,
-                                 boxes=Boxes(dets, orig_shape=(orig_h, orig_w)), frame=item.frame)  # fmt: skip
-                chunk_results.append(result)
-            t3 = time.perf_counter()
-            n = len(chunk)
-            speed = {"preprocess": 1000 * (t1 - t0) / n, "inference": 1000 * (t2 - t1) / n, "postprocess": 1000 * (t3 - t2) / n}
-            for item, result, (h, w) in zip(chunk, chunk_results, resized):
-                done += 1
-                result.speed = dict(speed)
-                for key in total:
-                    total[key] += speed[key]
-                if saving:
-                    _save(result, item, save_dir, videos, source_names, used_names, save, save_txt, save_conf, line_width)
-                if save_json:
-                    stem = Path(result.path).stem
-                    image_id = int(stem) if item.frame is None and stem.isnumeric() else done - 1
-                    json_rows += _json_rows(result, image_id)
-                LOGGER.info(f"{_progress(item, done, images_total)} {result.path}: {h}x{w} {result.verbose()}, {speed['inference']:.1f}ms")
-                yield result
-    finally:
-        model.train(was_training)
+    # Checked above at the call; the frames are read, predicted and saved as the caller iterates.
+    @torch.no_grad()
+    def stream() -> Iterator[Results]:
+        was_training = model.training
+        model.eval()
+        to_half = half and not exported
         if to_half:
-            model.float()
-        if videos is not None:
-            videos.close()
+            model.half()
+        videos = _VideoWriters(save_dir) if save else None
+        json_rows: list[dict] = []
+        used_names: set[str] = set()
+        source_names: dict[int, str] = {}  # id(source) -> its unique output name
+        total = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
+        done = 0
+        images_total = sum(s.kind == "image" for s in sources)
+        try:
+            for chunk in _chunks(read_frames(sources), batch):
+                t0 = time.perf_counter()
+                samples = []
+                for k, item in enumerate(chunk):
+                    tensor, _, scale = transform(item.image, np.zeros((0, 4), np.float32))
+                    target = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64), "image_id": k,
+                              "orig_size": item.image.shape[:2], "scale": scale, "path": item.source.path}  # fmt: skip
+                    samples.append((tensor, target))
+                inputs = collate(samples, size_divisible=SIZE_DIVISIBLE)
+                resized = [tuple(tensor.shape[1:]) for tensor, _ in samples]  # unpadded (h, w) of each input
+                images = inputs.images.to(device, torch.float16 if to_half else torch.float32)
+                t1 = _sync(device)
+                outputs = model(images)
+                t2 = _sync(device)
+                scores = dense_scores(outputs.cls_logits.float(), outputs.iou_logits.float())  # (B, A, C)
+                boxes = outputs.boxes.float()  # (B, A, 4)
+                sizes = torch.tensor(resized, dtype=boxes.dtype, device=boxes.device)  # (B, 2) h, w
+                detections = nms(
+                    boxes, scores, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk,
+                    classes=classes, image_sizes=sizes,
+                )  # fmt: skip
+                chunk_results = []
+                for item, (h, w), dets in zip(chunk, resized, detections):
+                    orig_h, orig_w = item.image.shape[:2]
+                    dets = dets.float().cpu()  # (N, 6)
+                    # Input -> original pixels by the exact per-axis ratio of the rounded resize.
+                    ratio = torch.tensor([orig_w / w, orig_h / h, orig_w / w, orig_h / h])
+                    limit = torch.tensor([orig_w, orig_h, orig_w, orig_h], dtype=torch.float32)
+                    dets[:, :4] = torch.minimum((dets[:, :4] * ratio).clamp(min=0), limit)
+                    result = Results(orig_img=item.image, path=item.source.path, names=names,
+                                     boxes=Boxes(dets, orig_shape=(orig_h, orig_w)), frame=item.frame)  # fmt: skip
+                    chunk_results.append(result)
+                t3 = time.perf_counter()
+                n = len(chunk)
+                speed = {"preprocess": 1000 * (t1 - t0) / n, "inference": 1000 * (t2 - t1) / n, "postprocess": 1000 * (t3 - t2) / n}
+                for item, result, (h, w) in zip(chunk, chunk_results, resized):
+                    done += 1
+                    result.speed = dict(speed)
+                    for key in total:
+                        total[key] += speed[key]
+                    if saving:
+                        _save(result, item, save_dir, videos, source_names, used_names, save, save_txt, save_conf, line_width)
+                    if save_json:
+                        stem = Path(result.path).stem
+                        image_id = int(stem) if item.frame is None and stem.isnumeric() else done - 1
+                        json_rows += _json_rows(result, image_id)
+                    LOGGER.info(f"{_progress(item, done, images_total)} {result.path}: {h}x{w} {result.verbose()}, {speed['inference']:.1f}ms")
+                    yield result
+        finally:
+            model.train(was_training)
+            if to_half:
+                model.float()
+            if videos is not None:
+                videos.close()
 
-    if done:
-        mean = {k: v / done for k, v in total.items()}
-        LOGGER.info(
-            f"Speed: {mean['preprocess']:.1f}ms preprocess, {mean['inference']:.1f}ms inference, "
-            f"{mean['postprocess']:.1f}ms postprocess per image"
-        )
-    if save_json:
-        (save_dir / "predictions.json").write_text(json.dumps(json_rows))
-    if saving:
-        LOGGER.info(f"Results saved to {save_dir}")
+        if done:
+            mean = {k: v / done for k, v in total.items()}
+            LOGGER.info(
+                f"Speed: {mean['preprocess']:.1f}ms preprocess, {mean['inference']:.1f}ms inference, "
+                f"{mean['postprocess']:.1f}ms postprocess per image"
+            )
+        if save_json:
+            (save_dir / "predictions.json").write_text(json.dumps(json_rows))
+        if saving:
+            LOGGER.info(f"Results saved to {save_dir}")
+
+    return stream()
 
 
 def _progress(item: Frame, done: int, images_total: int) -> str:

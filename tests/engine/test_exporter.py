@@ -54,6 +54,7 @@ def detector() -> Detector:
         # Box sides mostly positive (~16 px): with random weights the ReLU'd distances are often 0.
         det.net.head.bbox_pred.weight.mul_(0.1)
         det.net.head.bbox_pred.bias.add_(1.0)
+    det.net.eval()
     return det
 
 
