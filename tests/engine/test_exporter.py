@@ -60,15 +60,31 @@ def detector() -> Detector:
 
 @pytest.fixture(scope="module")
 def exports(detector, tmp_path_factory) -> dict:
-    """Each kind of export, once: through Detector.export (dynamic axes)."""
+    """Each kind of export, once, through Detector.export (dynamic axes); 'logs' holds what they logged."""
     project = str(tmp_path_factory.mktemp("exports"))
     common = dict(project=project, imgsz=256, conf=BAKED.conf, iou=BAKED.iou, max_det=BAKED.max_det)
-    return {
-        "onnx": detector.export(format="onnx", name="raw", **common),
-        "onnx_nms": detector.export(format="onnx", nms=True, name="nms", **common),
-        "torchscript": detector.export(format="torchscript", name="raw", **common),
-        "torchscript_nms": detector.export(format="torchscript", nms=True, name="nms", **common),
-    }
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    LOGGER.addHandler(handler)
+    try:
+        return {
+            "onnx": detector.export(format="onnx", name="raw", **common),
+            "onnx_nms": detector.export(format="onnx", nms=True, name="nms", **common),
+            "torchscript": detector.export(format="torchscript", name="raw", **common),
+            "torchscript_nms": detector.export(format="torchscript", nms=True, name="nms", **common),
+            "logs": messages,
+        }
+    finally:
+        LOGGER.removeHandler(handler)
+
+
+@pytest.fixture(scope="module")
+def pytorch_results(detector, val_data) -> dict:
+    """The PyTorch Detector's predictions on 3 val images at each input size."""
+    _, files = val_data
+    kw = dict(conf=BAKED.conf, iou=BAKED.iou, max_det=BAKED.max_det, device="cpu")
+    return {imgsz: detector.predict(files[:3], imgsz=imgsz, **kw) for imgsz in SIZES}
 
 
 def _inputs(files, imgsz: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,17 +140,15 @@ def _assert_same_detections(got, expected):
 
 
 @pytest.mark.parametrize("kind", ["onnx", "onnx_nms", "torchscript", "torchscript_nms"])
-def test_detections_match_pytorch(detector, exports, val_data, kind):
+def test_detections_match_pytorch(exports, pytorch_results, val_data, kind):
     """Detector('x.onnx'|'x.torchscript').predict == the PyTorch Detector's, image by image."""
     _, files = val_data
     exported = Detector(exports[kind], verbose=False)
     assert exported.names == NAMES, "names come from the metadata"
     assert (exported.net.nms is not None) == kind.endswith("nms")
     for imgsz in SIZES:
-        kw = dict(imgsz=imgsz, conf=BAKED.conf, iou=BAKED.iou, max_det=BAKED.max_det, device="cpu")
-        expected = detector.predict(files[:3], **kw)
-        got = exported.predict(files[:3], **kw)
-        for r_got, r_exp in zip(got, expected, strict=True):
+        got = exported.predict(files[:3], imgsz=imgsz, conf=BAKED.conf, iou=BAKED.iou, max_det=BAKED.max_det, device="cpu")
+        for r_got, r_exp in zip(got, pytorch_results[imgsz], strict=True):
             assert r_got.path == r_exp.path and r_got.orig_shape == r_exp.orig_shape
             assert len(r_exp) < BAKED.max_det, "not cut at max_det, where near-equal scores could swap"
             _assert_same_detections(r_got.boxes.data, r_exp.boxes.data)
@@ -230,19 +244,14 @@ def test_val_through_onnx(detector, exports, val_data, tmp_path):
         assert got[key] == pytest.approx(expected[key], abs=1e-4), key
 
 
-def test_export_logs_what_a_user_needs(detector, tmp_path):
-    messages = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())
-    LOGGER.addHandler(handler)
-    try:
-        file = detector.export(format="torchscript", project=str(tmp_path), imgsz=256)
-    finally:
-        LOGGER.removeHandler(handler)
-    text = "\n".join(messages)
+def test_export_logs_what_a_user_needs(exports):
+    text = "\n".join(exports["logs"])
     assert "input images (batch, 3, height, width) -> output0 (batch, anchors, 8)" in text
-    assert f"saved as {file} (" in text and " MB)" in text and "export success" in text
-    assert f"otadet predict model={file} source=" in text
+    assert "input images (batch, 3, height, width) -> output0 (batch, 100, 6) (x1 y1 x2 y2 score class" in text
+    for kind in ("onnx", "torchscript_nms"):
+        file = exports[kind]
+        assert f"saved as {file} (" in text and f"otadet predict model={file} source=" in text
+    assert text.count("export success") == 4 and " MB)" in text
 
 
 def test_errors(detector, exports, tmp_path):
