@@ -240,6 +240,10 @@ def test_video_gives_one_result_per_frame_and_an_annotated_video(model, image_di
     assert count == 4 and capture.get(cv2.CAP_PROP_FRAME_WIDTH) == 96
     capture.release()
     assert sorted(p.name for p in (out / "labels").iterdir()) == [f"clip_{i}.txt" for i in range(4)]
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    with pytest.raises(OSError, match="cannot open video .*bad.mp4"):
+        list(_stream(model, bad))
 
 
 def _stream(model, source, **kw):
