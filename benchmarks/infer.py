@@ -65,6 +65,7 @@ def bench_otadet(name: str, device: torch.device, runs: int, threads: int, folde
         eager = _median_ms(lambda: graph(images), runs, device)
         torchscript = _median_ms(lambda: ts_model.run(images), runs, device)
         onnxruntime = _median_ms(lambda: ort_model.run(images), runs, device)
+    LOGGER.info(f"{name} {h}x{w}: eager {eager:.1f} ms, TorchScript {torchscript:.1f} ms, ONNX Runtime {onnxruntime:.1f} ms")
     return {"model": name, "input": f"{h}x{w}", "eager": eager, "torchscript": torchscript, "onnxruntime": onnxruntime,
             "providers": ",".join(ort_model.providers)}  # fmt: skip
 
