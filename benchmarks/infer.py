@@ -9,7 +9,8 @@ ota_r50 at 800x1344 (800x1333 padded to a multiple of 32). The outside reference
 torchvision.models.detection.fcos_resnet50_fpn(weights=None, weights_backbone=None) in eval
 mode on the same 800x1333 image (its transform keeps the size and pads to 800x1344), NMS
 included. All weights are random (nothing is downloaded); batch 1. Prints the median latency
-per image over --runs runs after 3 warm-up runs, and the ratios against the targets
+per image over --runs rounds after 3 warm-up rounds (each round runs every model and backend
+once, in turn, so load changes reach all alike), and the ratios against the targets
 (ONNX Runtime / eager <= 0.7, ota_r50 eager / FCOS <= 1.0).
 """
 
@@ -35,21 +36,25 @@ NMS = NMSSettings(conf=0.4, iou=0.6, max_det=100)  # predict's defaults
 WARMUP = 3
 
 
-def _median_ms(fn, runs: int, device: torch.device) -> float:
-    times = []
+def _interleaved_medians(fns: dict, runs: int, device: torch.device) -> dict:
+    """Median ms of each callable over `runs` rounds after WARMUP rounds. Each round calls every
+    callable once, in turn, so a change of machine load reaches all of them alike."""
+    times = {name: [] for name in fns}
     for i in range(WARMUP + runs):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= WARMUP:
-            times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= WARMUP:
+                times[name].append(1000 * (time.perf_counter() - start))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def bench_otadet(name: str, device: torch.device, runs: int, threads: int, folder: Path) -> dict:
+def otadet_backends(name: str, device: torch.device, threads: int, folder: Path) -> dict:
+    """{'eager', 'torchscript', 'onnxruntime'} -> a callable running `name` on one random image."""
     h, w = SIZES[name]
     torch.manual_seed(0)
     net = build_detector(load_model_config(f"{name}.yaml"), 80).eval()
@@ -61,24 +66,17 @@ def bench_otadet(name: str, device: torch.device, runs: int, threads: int, folde
     graph = InferenceGraph(net.to(device), nms=NMS).eval()
     ort_model = ExportedModel(onnx_file, threads=threads).to(device)
     ts_model = ExportedModel(ts_file).to(device)
-    with torch.no_grad():
-        eager = _median_ms(lambda: graph(images), runs, device)
-        torchscript = _median_ms(lambda: ts_model.run(images), runs, device)
-        onnxruntime = _median_ms(lambda: ort_model.run(images), runs, device)
-    LOGGER.info(f"{name} {h}x{w}: eager {eager:.1f} ms, TorchScript {torchscript:.1f} ms, ONNX Runtime {onnxruntime:.1f} ms")
-    return {"model": name, "input": f"{h}x{w}", "eager": eager, "torchscript": torchscript, "onnxruntime": onnxruntime,
-            "providers": ",".join(ort_model.providers)}  # fmt: skip
+    LOGGER.info(f"onnxruntime providers: {', '.join(ort_model.providers)}")
+    return {"eager": lambda: graph(images), "torchscript": lambda: ts_model.run(images), "onnxruntime": lambda: ort_model.run(images)}
 
 
-def bench_fcos(device: torch.device, runs: int) -> dict:
+def fcos_backend(device: torch.device):
     from torchvision.models.detection import fcos_resnet50_fpn
 
     torch.manual_seed(0)
     model = fcos_resnet50_fpn(weights=None, weights_backbone=None).eval().to(device)
     image = torch.rand(3, 800, 1333, generator=torch.Generator().manual_seed(0)).to(device)
-    with torch.no_grad():
-        eager = _median_ms(lambda: model([image]), runs, device)
-    return {"model": "torchvision fcos_resnet50_fpn", "input": "800x1333 (padded 800x1344)", "eager": eager}
+    return lambda: model([image])
 
 
 def main() -> None:
@@ -90,24 +88,24 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
-            rows.append(bench_otadet(name, device, args.runs, args.threads, Path(tmp)))
-    fcos = bench_fcos(device, args.runs)
+    names = args.models.split(",")
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        fns = {(name, backend): fn for name in names for backend, fn in otadet_backends(name, device, args.threads, Path(tmp)).items()}
+        fns[("fcos", "eager")] = fcos_backend(device)
+        LOGGER.info(f"timing {len(fns)} model/backend pairs, interleaved, {WARMUP} + {args.runs} rounds ...")
+        ms = _interleaved_medians(fns, args.runs, device)
 
     print(f"\n`python benchmarks/infer.py --device {args.device} --runs {args.runs} --threads {args.threads} --models {args.models}`")
     print(f"torch {torch.__version__}, device {device}, {args.threads} threads, batch 1, median of {args.runs} runs\n")
     print("| model | input | PyTorch eager (ms) | TorchScript (ms) | ONNX Runtime (ms) | ORT / eager (target <= 0.7) |")
     print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['input']} | {r['eager']:.1f} | {r['torchscript']:.1f} | {r['onnxruntime']:.1f} "
-              f"| {r['onnxruntime'] / r['eager']:.2f} |")  # fmt: skip
-    print(f"| {fcos['model']} | {fcos['input']} | {fcos['eager']:.1f} | - | - | - |")
-    r50 = next((r for r in rows if r["model"] == "ota_r50"), None)
-    if r50 is not None:
-        print(f"\nota_r50 eager / torchvision FCOS eager: {r50['eager'] / fcos['eager']:.2f} (target <= 1.0)")
-    print(f"onnxruntime providers: {rows[0]['providers']}")
+    for name in names:
+        h, w = SIZES[name]
+        eager, ts, ort_ms = ms[(name, "eager")], ms[(name, "torchscript")], ms[(name, "onnxruntime")]
+        print(f"| {name} | {h}x{w} | {eager:.1f} | {ts:.1f} | {ort_ms:.1f} | {ort_ms / eager:.2f} |")
+    print(f"| torchvision fcos_resnet50_fpn | 800x1333 (padded 800x1344) | {ms[('fcos', 'eager')]:.1f} | - | - | - |")
+    if "ota_r50" in names:
+        print(f"\nota_r50 eager / torchvision FCOS eager: {ms[('ota_r50', 'eager')] / ms[('fcos', 'eager')]:.2f} (target <= 1.0)")
 
 
 if __name__ == "__main__":
