@@ -22,7 +22,8 @@ Usage:  otadet MODE key=value ...
   otadet train   model=ota_tiny.yaml data=shapes.yaml epochs=8
   otadet val     model=runs/train/exp/weights/best.pt data=shapes.yaml
   otadet predict model=runs/train/exp/weights/best.pt source=images/
-  otadet export  model=runs/train/exp/weights/best.pt format=onnx
+  otadet export  model=runs/train/exp/weights/best.pt format=onnx       # or format=torchscript, nms=true
+  otadet predict model=runs/train/exp/weights/best.onnx source=video.mp4
   otadet cfg     # every key with its default (cfg/default.yaml)
   otadet version
 
@@ -101,7 +102,9 @@ def run(argv: list[str]) -> int:
     elif mode == "val":
         detector.val(**overrides)
     elif mode == "predict":
-        detector.predict(**overrides)
+        # Always streamed: one frame in memory at a time, whatever the source's length.
+        for _ in detector.predict(**{**overrides, "stream": True}):
+            pass
     else:
         path = detector.export(**overrides)
         print(path)

@@ -244,6 +244,7 @@ _EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "assigner": (str,),  # ota | fcos | atss | simota; null = the model YAML's
     "schedule": (str,),  # a key of SCHEDULES
     "resume": (bool, str),  # true (model= is the checkpoint), or a run folder / checkpoint path
+    "save_json": (bool,),  # null = per mode: val writes its detections, predict does not
     "pretrained": (str, bool),  # a file, 'torchvision[:WEIGHTS]', true = 'torchvision', false = none
 }
 

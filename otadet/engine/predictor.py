@@ -1,112 +1,38 @@
-"""Prediction: images from files, folders, globs or arrays -> `Results` in original-image pixels.
+"""Prediction: images, videos, webcams or arrays -> `Results` in original-image pixels, streamed.
 
 Preprocessing is validation's, by the same code: the evaluation transforms (resize shorter
 side to imgsz, longer side capped at max_size, normalise) and `collate` (zero-pad bottom/right
-to a multiple of 32). Shapes: B=batch, A=anchor points, C=classes, N=detections.
+to a multiple of 32). The model is the PyTorch detector or an `ExportedModel` (.onnx,
+.torchscript), which returns the same dense outputs. `iter_predict` is a generator: one frame
+is read, predicted and saved at a time, so memory stays flat over a long video.
+Shapes: B=batch, A=anchor points, C=classes, N=detections.
 """
 
-import glob
+import json
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
 
 import cv2
 import numpy as np
 import torch
 from torch import nn
 
-from ..datasets.coco import read_image
 from ..datasets.loader import collate
 from ..datasets.transforms import build_transforms
 from ..postprocess import dense_scores, nms
 from ..utils.log import LOGGER
 from ..utils.paths import increment_path
 from ..utils.torch_utils import select_device
+from .backend import ExportedModel
 from .results import Boxes, Results
+from .sources import IMAGE_EXTENSIONS, Frame, Source, read_frames, resolve_sources
 from .tta import tta_detect
 
-__all__ = ["IMAGE_EXTENSIONS", "Source", "resolve_sources", "predict"]
+__all__ = ["IMAGE_EXTENSIONS", "Source", "resolve_sources", "iter_predict", "predict"]
 
-IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".jp2", ".pbm", ".pgm", ".ppm")
-_GLOB_CHARS = ("*", "?", "[")
 SIZE_DIVISIBLE = 32  # pad inputs as the validation loader does (build_dataloader's default)
-
-
-class Source(NamedTuple):
-    """One image to predict on: a file to read, or an array given in memory."""
-
-    path: str  # the file, or 'image0.jpg', 'image1.jpg', ... for arrays
-    array: np.ndarray | None  # (H, W, 3) uint8 BGR when given in memory
-
-
-def _as_bgr(array: np.ndarray, index: int) -> np.ndarray:
-    """A uint8 (H, W), (H, W, 1), (H, W, 3) BGR or (H, W, 4) BGRA array -> (H, W, 3) BGR."""
-    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
-        raise ValueError(
-            f"source array {index}: expected a uint8 BGR image of shape (H, W, 3) (as cv2.imread gives), "
-            f"got dtype {array.dtype} shape {array.shape}"
-        )
-    if array.ndim == 2 or array.shape[2] == 1:
-        return cv2.cvtColor(array.reshape(array.shape[:2]), cv2.COLOR_GRAY2BGR)
-    if array.shape[2] == 4:
-        return cv2.cvtColor(array, cv2.COLOR_BGRA2BGR)
-    return array
-
-
-def _is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def resolve_sources(source) -> list[Source]:
-    """Expand `source` into images, in order: a file; a folder (its images, sorted by name); a glob
-    (sorted matches that are images); a uint8 BGR array; or a list/tuple mixing these.
-
-    Raises FileNotFoundError naming a path that does not exist, an empty folder or a glob
-    without images.
-    """
-    items = list(source) if isinstance(source, (list, tuple)) else [source]
-    out: list[Source] = []
-    arrays = 0
-    for item in items:
-        if isinstance(item, np.ndarray):
-            out.append(Source(f"image{arrays}.jpg", _as_bgr(item, arrays)))
-            arrays += 1
-            continue
-        if not isinstance(item, (str, os.PathLike)):
-            raise TypeError(
-                f"source {item!r}: expected an image file, folder or glob (str or Path), a numpy BGR array, "
-                f"or a list of them; got {type(item).__name__}"
-            )
-        text = os.path.expanduser(str(item))
-        path = Path(text)
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if _is_image_file(p))
-            if not files:
-                raise FileNotFoundError(f"source folder {path} has no images ({', '.join(IMAGE_EXTENSIONS)})")
-            out += [Source(str(p), None) for p in files]
-        elif path.is_file():
-            out.append(Source(str(path), None))  # an explicit file is tried whatever its extension
-        elif any(c in text for c in _GLOB_CHARS):
-            files = sorted(Path(p) for p in glob.glob(text, recursive=True))
-            files = [p for p in files if _is_image_file(p)]
-            if not files:
-                raise FileNotFoundError(f"source glob {text} matches no images ({', '.join(IMAGE_EXTENSIONS)})")
-            out += [Source(str(p), None) for p in files]
-        else:
-            raise FileNotFoundError(f"source {text} does not exist: pass an image file, a folder, a glob or an array")
-    return out
-
-
-def _read(sources: list[Source]) -> Iterator[tuple[Source, np.ndarray]]:
-    """Each source with its (H, W, 3) BGR image; an unreadable file is skipped with a warning."""
-    for src in sources:
-        image = src.array if src.array is not None else read_image(src.path)
-        if image is None:
-            LOGGER.warning(f"WARNING: {src.path} cannot be read as an image (corrupt or not an image) — skipped")
-            continue
-        yield src, image
 
 
 def _chunks(items: Iterator, size: int) -> Iterator[list]:
@@ -136,8 +62,66 @@ def _sync(device: torch.device) -> float:
     return time.perf_counter()
 
 
-@torch.no_grad()
-def predict(
+class _VideoWriters:
+    """One cv2.VideoWriter per video/webcam source, opened at its first frame, closed at its last.
+
+    mp4 (mp4v) when this OpenCV build can encode it, else avi (MJPG)."""
+
+    def __init__(self, save_dir: Path):
+        self.save_dir = save_dir
+        self.key: tuple | None = None
+        self.writer: cv2.VideoWriter | None = None
+        self.files: list[Path] = []
+
+    def write(self, source: Source, image: np.ndarray, fps: float, name: str) -> None:
+        key = (source.path, id(source))
+        if key != self.key:
+            self.close()
+            self.key = key
+            h, w = image.shape[:2]
+            stem = Path(name).stem
+            for suffix, codec in ((".mp4", "mp4v"), (".avi", "MJPG")):
+                file = self.save_dir / f"{stem}{suffix}"
+                writer = cv2.VideoWriter(str(file), cv2.VideoWriter_fourcc(*codec), fps, (w, h))
+                if writer.isOpened():
+                    self.writer = writer
+                    self.files.append(file)
+                    break
+                writer.release()
+            else:
+                raise OSError(f"cannot write {stem}.mp4 (mp4v) or {stem}.avi (MJPG) with this OpenCV build")
+        self.writer.write(image)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+        self.writer, self.key = None, None
+
+
+def _check_classes(classes, num_classes: int | None) -> list[int] | None:
+    if classes is None:
+        return None
+    classes = [classes] if isinstance(classes, int) and not isinstance(classes, bool) else classes
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
+        raise ValueError(f"classes={classes!r}: expected a class index or a list of them, e.g. classes=[0,2]")
+    if num_classes is not None and any(not 0 <= c < num_classes for c in classes):
+        raise ValueError(f"classes={classes}: the model has classes 0..{num_classes - 1}")
+    return list(classes)
+
+
+def _json_rows(result: Results, image_id) -> list[dict]:
+    """COCO-style rows: bbox [x, y, w, h] top-left in original pixels, category_id = class index."""
+    rows = []
+    for x1, y1, x2, y2, score, cls in result.boxes.numpy().tolist():
+        row = {"image_id": image_id, "file_name": result.path, "category_id": int(cls),
+               "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)], "score": round(score, 5)}  # fmt: skip
+        if result.frame is not None:
+            row["frame"] = result.frame
+        rows.append(row)
+    return rows
+
+
+def iter_predict(
     model: nn.Module,
     source,
     *,
@@ -150,95 +134,152 @@ def predict(
     classes: list[int] | None = None,
     device: torch.device | str | None,
     names: list[str] | dict[int, str],
+    half: bool = False,
     save: bool = False,
+    save_txt: bool = False,
+    save_conf: bool = False,
+    save_json: bool = False,
     save_dir: Path | None = None,
     line_width: int = 2,
     batch: int = 1,
     augment: bool = False,
-) -> list[Results]:
-    """Detect objects in `source` (see resolve_sources) with `model` (already on `device`).
+) -> Iterator[Results]:
+    """Detect objects in `source` (see sources.resolve_sources) with `model` (already on `device`).
 
-    Returns one Results per readable image, in source order, with boxes (N, 6) in original
-    pixels clipped to the image. save=True writes annotated images to save_dir (default
-    runs/predict/exp, incremented) under their file names; arrays as image0.jpg, ...
-    augment=True: test-time augmentation (engine/tta.py).
+    Arguments and sources are checked at the call; returns a generator that yields one Results per readable image or video frame, in source order, with boxes (N, 6)
+    in original pixels clipped to the image. Outputs under save_dir (default runs/predict/exp,
+    incremented): save=True annotated images under their file names (arrays as image0.jpg,
+    ...) and annotated videos (<name>.mp4, or .avi where mp4 cannot be encoded); save_txt=True
+    YOLO labels labels/<name>.txt (videos: <name>_<frame>.txt), with the score if save_conf;
+    save_json=True predictions.json (COCO-style results plus file_name). half=True runs a
+    PyTorch model in FP16 (CUDA only). augment=True: test-time augmentation (engine/tta.py).
     """
     if batch < 1:
         raise ValueError(f"predict: batch must be >= 1, got {batch}")
     device = device if isinstance(device, torch.device) else select_device(device)
+    classes = _check_classes(classes, len(names))
+    exported = isinstance(model, ExportedModel)  # its precision is the file's
+    if half and device.type != "cuda":
+        raise ValueError("predict half=True needs a CUDA device (FP16 is not supported on the CPU): pass device=0 or half=False")
+    if half and exported and not model.half:
+        LOGGER.warning(f"WARNING: half=True ignored: {model.file} was exported in FP32 (export it with half=True)")
     sources = resolve_sources(source)
-    if save:
+    saving = save or save_txt or save_json
+    if saving:
         save_dir = Path(save_dir) if save_dir is not None else increment_path(Path("runs") / "predict" / "exp")
         save_dir.mkdir(parents=True, exist_ok=True)
     transform = build_transforms(False, imgsz, max_size)
-    was_training = model.training
-    model.eval()
+    # Checked above at the call; the frames are read, predicted and saved as the caller iterates.
+    @torch.no_grad()
+    def stream() -> Iterator[Results]:
+        was_training = model.training
+        model.eval()
+        to_half = half and not exported
+        if to_half:
+            model.half()
+        videos = _VideoWriters(save_dir) if save else None
+        json_rows: list[dict] = []
+        used_names: set[str] = set()
+        source_names: dict[int, str] = {}  # id(source) -> its unique output name
+        total = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
+        done = 0
+        images_total = sum(s.kind == "image" for s in sources)
+        try:
+            for chunk in _chunks(read_frames(sources), batch):
+                t0 = time.perf_counter()
+                samples = []
+                for k, item in enumerate(chunk):
+                    tensor, _, scale = transform(item.image, np.zeros((0, 4), np.float32))
+                    target = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64), "image_id": k,
+                              "orig_size": item.image.shape[:2], "scale": scale, "path": item.source.path}  # fmt: skip
+                    samples.append((tensor, target))
+                inputs = collate(samples, size_divisible=SIZE_DIVISIBLE)
+                resized = [tuple(tensor.shape[1:]) for tensor, _ in samples]  # unpadded (h, w) of each input
+                images = inputs.images.to(device, torch.float16 if to_half else torch.float32)
+                t1 = _sync(device)
+                outputs = model(images)
+                t2 = _sync(device)
+                scores = dense_scores(outputs.cls_logits.float(), outputs.iou_logits.float())  # (B, A, C)
+                boxes = outputs.boxes.float()  # (B, A, 4)
+                sizes = torch.tensor(resized, dtype=boxes.dtype, device=boxes.device)  # (B, 2) h, w
+                detections = nms(
+                    boxes, scores, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk,
+                    classes=classes, image_sizes=sizes,
+                )  # fmt: skip
+                if augment:  # + 17 scaled/flipped passes, one NMS over all (engine/tta.py); timed as postprocess
+                    kw = dict(conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk, classes=classes, plain=outputs)
+                    detections = tta_detect(model, images, sizes, **kw)
+                chunk_results = []
+                for item, (h, w), dets in zip(chunk, resized, detections):
+                    orig_h, orig_w = item.image.shape[:2]
+                    dets = dets.float().cpu()  # (N, 6)
+                    # Input -> original pixels by the exact per-axis ratio of the rounded resize.
+                    ratio = torch.tensor([orig_w / w, orig_h / h, orig_w / w, orig_h / h])
+                    limit = torch.tensor([orig_w, orig_h, orig_w, orig_h], dtype=torch.float32)
+                    dets[:, :4] = torch.minimum((dets[:, :4] * ratio).clamp(min=0), limit)
+                    result = Results(orig_img=item.image, path=item.source.path, names=names,
+                                     boxes=Boxes(dets, orig_shape=(orig_h, orig_w)), frame=item.frame)  # fmt: skip
+                    chunk_results.append(result)
+                t3 = time.perf_counter()
+                n = len(chunk)
+                speed = {"preprocess": 1000 * (t1 - t0) / n, "inference": 1000 * (t2 - t1) / n, "postprocess": 1000 * (t3 - t2) / n}
+                for item, result, (h, w) in zip(chunk, chunk_results, resized):
+                    done += 1
+                    result.speed = dict(speed)
+                    for key in total:
+                        total[key] += speed[key]
+                    if saving:
+                        _save(result, item, save_dir, videos, source_names, used_names, save, save_txt, save_conf, line_width)
+                    if save_json:
+                        stem = Path(result.path).stem
+                        image_id = int(stem) if item.frame is None and stem.isnumeric() else done - 1
+                        json_rows += _json_rows(result, image_id)
+                    LOGGER.info(f"{_progress(item, done, images_total)} {result.path}: {h}x{w} {result.verbose()}, {speed['inference']:.1f}ms")
+                    yield result
+        finally:
+            model.train(was_training)
+            if to_half:
+                model.float()
+            if videos is not None:
+                videos.close()
 
-    results: list[Results] = []
-    used_names: set[str] = set()
-    total = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
-    done = 0
-    try:
-        for chunk in _chunks(_read(sources), batch):
-            t0 = time.perf_counter()
-            samples = []
-            for k, (src, image) in enumerate(chunk):
-                tensor, _, scale = transform(image, np.zeros((0, 4), np.float32))
-                target = {
-                    "boxes": torch.zeros((0, 4)),
-                    "labels": torch.zeros(0, dtype=torch.int64),
-                    "image_id": k,
-                    "orig_size": image.shape[:2],
-                    "scale": scale,
-                    "path": src.path,
-                }
-                samples.append((tensor, target))
-            inputs = collate(samples, size_divisible=SIZE_DIVISIBLE)
-            resized = [tuple(tensor.shape[1:]) for tensor, _ in samples]  # unpadded (h, w) of each input
-            images = inputs.images.to(device)
-            t1 = _sync(device)
-            outputs = model(images)
-            t2 = _sync(device)
-            scores = dense_scores(outputs.cls_logits, outputs.iou_logits)  # (B, A, C)
-            sizes = torch.tensor(resized, dtype=outputs.boxes.dtype, device=device)  # (B, 2) h, w
-            detections = nms(
-                outputs.boxes, scores, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk,
-                classes=classes, image_sizes=sizes,
-            )  # fmt: skip
-            if augment:  # + 17 scaled/flipped passes, one NMS over all (engine/tta.py); timed as postprocess
-                kw = dict(conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk, classes=classes, plain=outputs)
-                detections = tta_detect(model, images, sizes, **kw)
-            chunk_results = []
-            for (src, image), (h, w), dets in zip(chunk, resized, detections):
-                orig_h, orig_w = image.shape[:2]
-                dets = dets.float().cpu()  # (N, 6)
-                # Input -> original pixels by the exact per-axis ratio of the rounded resize.
-                ratio = torch.tensor([orig_w / w, orig_h / h, orig_w / w, orig_h / h])
-                limit = torch.tensor([orig_w, orig_h, orig_w, orig_h], dtype=torch.float32)
-                dets[:, :4] = torch.minimum((dets[:, :4] * ratio).clamp(min=0), limit)
-                boxes = Boxes(dets, orig_shape=(orig_h, orig_w))
-                chunk_results.append(Results(orig_img=image, path=src.path, names=names, boxes=boxes))
-            t3 = time.perf_counter()
-            n = len(chunk)
-            speed = {"preprocess": 1000 * (t1 - t0) / n, "inference": 1000 * (t2 - t1) / n, "postprocess": 1000 * (t3 - t2) / n}
-            for r, (h, w) in zip(chunk_results, resized):
-                done += 1
-                r.speed = dict(speed)
-                for key in total:
-                    total[key] += speed[key]
-                if save:
-                    r.save(save_dir / _unique_name(Path(r.path).name, used_names), line_width=line_width)
-                LOGGER.info(f"image {done}/{len(sources)} {r.path}: {h}x{w} {r.verbose()}, {speed['inference']:.1f}ms")
-            results += chunk_results
-    finally:
-        model.train(was_training)
+        if done:
+            mean = {k: v / done for k, v in total.items()}
+            LOGGER.info(
+                f"Speed: {mean['preprocess']:.1f}ms preprocess, {mean['inference']:.1f}ms inference, "
+                f"{mean['postprocess']:.1f}ms postprocess per image"
+            )
+        if save_json:
+            (save_dir / "predictions.json").write_text(json.dumps(json_rows))
+        if saving:
+            LOGGER.info(f"Results saved to {save_dir}")
 
-    if results:
-        mean = {k: v / len(results) for k, v in total.items()}
-        LOGGER.info(
-            f"Speed: {mean['preprocess']:.1f}ms preprocess, {mean['inference']:.1f}ms inference, "
-            f"{mean['postprocess']:.1f}ms postprocess per image"
-        )
-    if save:
-        LOGGER.info(f"Results saved to {save_dir}")
-    return results
+    return stream()
+
+
+def _progress(item: Frame, done: int, images_total: int) -> str:
+    if item.frame is None:
+        return f"image {done}/{images_total}"
+    of = f"/{item.frames}" if item.frames else ""
+    return f"{item.source.kind} (frame {item.frame + 1}{of})"
+
+
+def _save(result, item, save_dir, videos, source_names, used_names, save, save_txt, save_conf, line_width) -> None:
+    """Write one result's annotated image or video frame and its YOLO labels under save_dir."""
+    key = id(item.source)
+    if key not in source_names:  # two sources with the same file name do not overwrite each other
+        base = Path(item.source.path).name if item.source.kind != "webcam" else f"{item.source.path}.mp4"
+        source_names[key] = _unique_name(base, used_names)
+    name = source_names[key]
+    if save and item.frame is None:
+        result.save(save_dir / name, line_width=line_width)
+    elif save:
+        videos.write(item.source, result.plot(line_width), item.fps, name)
+    if save_txt:
+        stem = Path(name).stem if item.frame is None else f"{Path(name).stem}_{item.frame}"
+        result.save_txt(save_dir / "labels" / f"{stem}.txt", save_conf=save_conf)
+
+
+def predict(model: nn.Module, source, **kwargs) -> list[Results]:
+    """iter_predict's results as a list (every image stays in memory: use iter_predict for videos)."""
+    return list(iter_predict(model, source, **kwargs))

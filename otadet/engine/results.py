@@ -95,6 +95,7 @@ class Results:
         names: class names, a list or {index: name}.
         boxes: its detections in original pixels.
         speed: ms spent on it: {'preprocess', 'inference', 'postprocess'}.
+        frame: its 0-based frame index when it comes from a video or webcam, else None.
     """
 
     def __init__(
@@ -105,8 +106,10 @@ class Results:
         names: list[str] | dict[int, str],
         boxes: Boxes,
         speed: dict[str, float] | None = None,
+        frame: int | None = None,
     ):
         self.orig_img = orig_img
+        self.frame = frame
         self.orig_shape = tuple(orig_img.shape[:2])
         self.path = str(path)
         self.names = dict(enumerate(names)) if not isinstance(names, dict) else dict(names)
@@ -128,7 +131,8 @@ class Results:
 
     def __repr__(self) -> str:
         h, w = self.orig_shape
-        return f"Results({self.path!r}, {w}x{h}: {self.verbose()})"
+        frame = "" if self.frame is None else f" frame {self.frame}"
+        return f"Results({self.path!r}{frame}, {w}x{h}: {self.verbose()})"
 
     def plot(self, line_width: int = 2, *, labels: bool = True, conf: bool = True) -> np.ndarray:
         """A copy of orig_img (H, W, 3) BGR with each box drawn in its class colour and labelled 'name 0.87'."""
@@ -174,3 +178,21 @@ class Results:
             }
             for x1, y1, x2, y2, score, cls in self.boxes.numpy().tolist()
         ]
+
+    def yolo_lines(self, *, save_conf: bool = False) -> list[str]:
+        """YOLO label lines 'class xc yc w h' normalised by the image size (+ ' score' if save_conf)."""
+        h, w = self.orig_shape
+        xywh = (self.boxes.xywh.detach().cpu().double() / torch.tensor([w, h, w, h], dtype=torch.float64)).tolist()
+        lines = []
+        for (xc, yc, bw, bh), score, cls in zip(xywh, self.boxes.conf.tolist(), self.boxes.cls.tolist()):
+            line = f"{int(cls)} {xc:.6f} {yc:.6f} {bw:.6f} {bh:.6f}"
+            lines.append(f"{line} {score:.5f}" if save_conf else line)
+        return lines
+
+    def save_txt(self, filename: str | os.PathLike, *, save_conf: bool = False) -> Path:
+        """Write `yolo_lines` to `filename` (an empty file when nothing was detected); returns the path."""
+        filename = Path(filename)
+        filename.parent.mkdir(parents=True, exist_ok=True)
+        lines = self.yolo_lines(save_conf=save_conf)
+        filename.write_text("".join(line + "\n" for line in lines))
+        return filename

@@ -1,6 +1,7 @@
 """Predictor and Results: every kind of source gives the same detections, boxes come back in
 original-image pixels (hand-computed for a fake network), files are written, errors name paths."""
 
+import inspect
 import logging
 import re
 from pathlib import Path
@@ -195,3 +196,130 @@ def test_results_repr_and_plural():
     assert empty.verbose() == "(no detections)" and empty.to_json() == []
     with pytest.raises(ValueError, match=r"\(N, 6\)"):
         Boxes(torch.zeros(3, 4), orig_shape=(4, 4))
+
+
+# ----------------------------------------------------------------------------- sources (issue 5)
+
+
+def _write_video(path: Path, frames: list[np.ndarray], fps: float = 5.0) -> Path:
+    """A short video with cv2: mp4 (mp4v) if this OpenCV build encodes it, else avi (MJPG)."""
+    h, w = frames[0].shape[:2]
+    for suffix, codec in ((".mp4", "mp4v"), (".avi", "MJPG")):
+        file = path.with_suffix(suffix)
+        writer = cv2.VideoWriter(str(file), cv2.VideoWriter_fourcc(*codec), fps, (w, h))
+        if writer.isOpened():
+            for frame in frames:
+                writer.write(frame)
+            writer.release()
+            capture = cv2.VideoCapture(str(file))
+            readable = capture.isOpened() and capture.read()[0]
+            capture.release()
+            if readable:
+                return file
+        writer.release()
+    pytest.skip("this OpenCV build can neither write mp4 (mp4v) nor avi (MJPG)")
+
+
+def test_video_gives_one_result_per_frame_and_an_annotated_video(model, image_dir, tmp_path):
+    frames = [cv2.resize(cv2.imread(str(image_dir / n)), (96, 64)) for n in ("a.jpg", "b.png", "c.jpg", "a.jpg")]
+    video = _write_video(tmp_path / "clip", frames)
+    out = tmp_path / "out"
+    stream = _stream(model, video, save=True, save_txt=True, save_dir=out)
+    assert inspect.isgenerator(stream)
+    results = list(stream)
+    assert [r.frame for r in results] == [0, 1, 2, 3] and all(r.path == str(video) for r in results)
+    assert all(r.orig_shape == (64, 96) for r in results)
+    # Frames 0 and 3 are the same picture: the same detections (up to the codec, lossy).
+    assert len(results[0]) > 0 and abs(len(results[0]) - len(results[3])) <= 2
+    written = sorted(p.name for p in out.iterdir())
+    assert written[0] == f"clip{video.suffix}" and "labels" in written
+    capture = cv2.VideoCapture(str(out / f"clip{video.suffix}"))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    assert count == 4 and capture.get(cv2.CAP_PROP_FRAME_WIDTH) == 96
+    capture.release()
+    assert sorted(p.name for p in (out / "labels").iterdir()) == [f"clip_{i}.txt" for i in range(4)]
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    with pytest.raises(OSError, match="cannot open video .*bad.mp4"):
+        list(_stream(model, bad))
+
+
+def _stream(model, source, **kw):
+    from otadet.engine.predictor import iter_predict
+
+    args = dict(imgsz=64, max_size=96, conf=0.05, device=CPU, names=["circle", "square", "cross"])
+    return iter_predict(model, source, **{**args, **kw})
+
+
+def test_pil_and_txt_list_sources(model, image_dir, tmp_path):
+    from PIL import Image
+
+    (from_file,) = _run(model, image_dir / "b.png")
+    pil = Image.open(image_dir / "b.png")
+    (from_pil,) = _run(model, pil)
+    assert from_pil.path == "image0.jpg" and torch.equal(from_pil.boxes.data, from_file.boxes.data)
+    listing = tmp_path / "list.txt"
+    # Relative to the list's folder, absolute, and a folder; blank lines and comments skipped.
+    (tmp_path / "c.jpg").write_bytes((image_dir / "c.jpg").read_bytes())
+    listing.write_text(f"c.jpg\n\n# a comment\n{image_dir / 'b.png'}\n{image_dir}\n")
+    results = _run(model, listing)
+    assert [Path(r.path).name for r in results] == ["c.jpg", "b.png", "a.jpg", "b.png", "c.jpg"]
+    assert torch.equal(results[1].boxes.data, from_file.boxes.data)
+    listing.write_text("missing.jpg\n")
+    with pytest.raises(FileNotFoundError, match="line 1: missing.jpg"):
+        resolve_sources(listing)
+    assert resolve_sources(0)[0].kind == "webcam" and resolve_sources("1")[0].index == 1
+    with pytest.raises(TypeError, match="PIL image"):
+        resolve_sources(3.5)
+
+
+def test_stream_is_lazy_and_saves_labels_and_json(model, image_dir, tmp_path):
+    import json
+
+    out = tmp_path / "out"
+    stream = _stream(model, image_dir, save_txt=True, save_conf=True, save_json=True, save_dir=out, classes=[0, 2])
+    first = next(stream)  # one image read and predicted; nothing else yet
+    assert Path(first.path).name == "a.jpg" and not (out / "labels" / "b.txt").exists()
+    rest = list(stream)
+    results = [first, *rest]
+    assert all(set(r.boxes.cls.tolist()) <= {0.0, 2.0} for r in results)
+    for r in results:
+        lines = (out / "labels" / f"{Path(r.path).stem}.txt").read_text().splitlines()
+        assert len(lines) == len(r)
+        h, w = r.orig_shape
+        for line, (xc, yc, bw, bh), score, cls in zip(lines, r.boxes.xywh.tolist(), r.boxes.conf.tolist(), r.boxes.cls.tolist()):
+            values = [float(v) for v in line.split()]
+            assert values[0] == cls and values[5] == pytest.approx(score, abs=1e-5)
+            assert values[1:5] == pytest.approx([xc / w, yc / h, bw / w, bh / h], abs=1e-6)
+    rows = json.loads((out / "predictions.json").read_text())
+    assert len(rows) == sum(len(r) for r in results)
+    x1, y1, x2, y2, score, cls = results[0].boxes.data[0].tolist()
+    assert rows[0]["file_name"] == results[0].path and rows[0]["category_id"] == int(cls)
+    assert rows[0]["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1], abs=1e-3) and rows[0]["score"] == pytest.approx(score, abs=1e-5)
+    with pytest.raises(ValueError, match="classes=\\[7\\]"):
+        next(_stream(model, image_dir, classes=[7]))
+
+
+def test_cli_predict_streams(model, image_dir, tmp_path, monkeypatch):
+    """`otadet predict` consumes Detector.predict(stream=True) and writes the annotated images."""
+    from otadet import cli
+    from otadet.engine.model import Detector
+
+    seen = {}
+    real = Detector.predict
+
+    def spy(self, source=None, **kwargs):
+        seen.update(kwargs)
+        self.net = model
+        self.names = ["circle", "square", "cross"]
+        out = real(self, source, **kwargs)
+        seen["generator"] = inspect.isgenerator(out)
+        return out
+
+    monkeypatch.setattr(Detector, "predict", spy)
+    code = cli.main(["predict", "model=ota_tiny.yaml", f"source={image_dir}", "imgsz=64", "max_size=96", "conf=0.05",
+                     f"project={tmp_path}", "device=cpu"])  # fmt: skip
+    assert code == 0 and seen["stream"] is True and seen["generator"]
+    assert sorted(p.name for p in (tmp_path / "predict" / "exp").iterdir()) == ["a.jpg", "b.png", "c.jpg"]
