@@ -3,12 +3,6 @@
 import pytest
 import torch
 
-# 8 training images of one size (128x96): with batch 2, 4 iterations per epoch.
-TINY_RUN = dict(
-    imgsz=64, max_size=96, batch=2, workers=0, warmup_iters=2, optimizer="adamw", lr0=0.004, weight_decay=0.05,
-    val=False, deterministic=True, exist_ok=True, verbose=False,
-)  # fmt: skip
-
 
 @pytest.fixture(scope="session")
 def train_data(tmp_path_factory, write_data_yaml):

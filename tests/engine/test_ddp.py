@@ -24,7 +24,7 @@ from otadet import Detector
 from otadet.config import load_model_config
 from otadet.engine.launch import free_port
 
-from conftest import TINY_RUN
+from tiny_run import TINY_RUN
 
 RUN = dict(TINY_RUN, batch=4, iters=3, optimizer="sgd", lr0=0.04, momentum=0.9, weight_decay=1e-4, device="cpu")
 

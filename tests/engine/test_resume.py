@@ -15,7 +15,7 @@ import torch
 from otadet import Detector
 from otadet.config import ConfigError
 
-from conftest import TINY_RUN
+from tiny_run import TINY_RUN
 
 # 5 iterations = 1.25 epochs of 4 iterations, so resuming at 3 crosses an epoch end. EMA on
 # with a short ramp, so its state matters.
