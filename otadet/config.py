@@ -146,15 +146,15 @@ def _check_assigner(value: Any, where: str) -> dict:
     name = value.get("name", "ota")
     if name not in ASSIGNERS:
         check_keys({name: 0}, ASSIGNERS, f"{where}: assigner.name")
-    params = {
-        p.name: p.default
+    params = {  # knob -> its annotated type (e.g. `int | None`), else its default's type
+        p.name: type(p.default) if p.annotation is inspect.Parameter.empty else p.annotation
         for p in inspect.signature(ASSIGNERS[name]).parameters.values()
         if p.kind is inspect.Parameter.KEYWORD_ONLY
     }
     knobs = {k: v for k, v in value.items() if k != "name"}
     check_keys(knobs, params, f"{where}: assigner ({name})")
     for key, v in knobs.items():
-        knobs[key] = _check_type(v, type(params[key]), f"assigner.{key}", where)
+        knobs[key] = _check_type(v, params[key], f"assigner.{key}", where)
     return {"name": name, **knobs}
 
 

@@ -2,7 +2,8 @@
 
 Each gt is a supplier of k_i units of "positive label", the background a supplier of the
 rest; every anchor point demands one unit. The cheapest way to ship them (entropic OT,
-solved by Sinkhorn) decides which gt, if any, each anchor learns from.
+solved by Sinkhorn) decides which gt, if any, each anchor learns from. Every knob of the
+paper's ablations is a keyword argument (docs/assigners.md), settable from the model YAML.
 
 Shapes: B=batch, A=anchor points (all FPN levels), G=gts (padded to the batch max),
 C=classes. Target convention: see otadet.assign._types.
@@ -12,11 +13,15 @@ import torch
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
-from ._boxes import centre_candidates, near_centre, pairwise_iou
+from ._boxes import pairwise_giou, pairwise_iou
+from ._prior import AMBIGUITY_RULES, CENTER_PRIORS, prior_candidates, resolve_ambiguous
+from ._transport import orphan_columns, transport, transport_compacted
 from ._types import BACKGROUND, AssignResult
-from .sinkhorn import sinkhorn
 
-__all__ = ["ota", "classification_costs"]
+__all__ = ["ota", "classification_costs", "IOU_COSTS"]
+
+IOU_COSTS = ("log", "linear", "giou")
+HARD_EXCLUSION = 1e6  # an extra cost this large excludes exactly (the official code's value)
 
 
 def classification_costs(
@@ -40,6 +45,29 @@ def classification_costs(
     return background_cost[:, None, :] - negative_at_gt + positive_at_gt, background_cost
 
 
+def regression_cost(ious: Tensor, gt_boxes: Tensor, pred_boxes: Tensor, form: str) -> Tensor:
+    """IoU loss of every predicted box (B, A, 4) for every gt (B, G, 4) -> (B, G, A).
+    'log': -log IoU (official code), 'linear': 1 - IoU, 'giou': 1 - GIoU."""
+    if form == "log":
+        return -torch.log(ious + 1e-8)
+    if form == "linear":
+        return 1.0 - ious
+    return 1.0 - pairwise_giou(gt_boxes, pred_boxes)
+
+
+def _check_knobs(iou_cost: str, center_prior: str, ambiguity: str, prior_radius: int, fixed_k: int | None, top_q: int) -> None:
+    for name, value, allowed in (
+        ("iou_cost", iou_cost, IOU_COSTS),
+        ("center_prior", center_prior, CENTER_PRIORS),
+        ("ambiguity", ambiguity, AMBIGUITY_RULES),
+    ):
+        if value not in allowed:
+            raise ValueError(f"ota: {name}={value!r} is not one of {', '.join(allowed)} — set assigner.{name} in the model YAML")
+    for name, value in (("prior_radius", prior_radius), ("fixed_k", fixed_k), ("top_q", top_q)):
+        if value is not None and value < 1:
+            raise ValueError(f"ota: {name}={value} must be >= 1")
+
+
 @torch.no_grad()
 def ota(
     points: Tensor,
@@ -51,12 +79,19 @@ def ota(
     gt_mask: Tensor,
     *,
     iou_weight: float = 1.5,
+    iou_cost: str = "log",
+    center_prior: str = "official",
     center_radius: float = 2.5,
     candidate_margin: float = 0.01,
     non_candidate_cost: float = 1e6,
+    prior_radius: int = 5,
+    prior_cost: float = 1e6,
     top_q: int = 20,
+    fixed_k: int | None = None,
+    ambiguity: str = "none",
     eps: float = 0.1,
     iters: int = 50,
+    tol: float | None = None,
     focal_alpha: float = 0.25,
     focal_gamma: float = 2.0,
     rescale_plan: bool = True,
@@ -70,48 +105,78 @@ def ota(
         cls_logits: (B, A, C) classification logits (detached predictions).
         pred_boxes: (B, A, 4) predicted boxes, xyxy pixels.
         gt_boxes: (B, G, 4) xyxy pixels, padded; gt_labels (B, G) int64; gt_mask (B, G) bool.
-        iou_weight: alpha in the cost, cls + alpha * (-log IoU)  (paper Eq. 7: 1.5).
-        center_radius, candidate_margin: the official code's candidate rule (see centre_candidates).
-        non_candidate_cost: added to non-candidates, which excludes them in practice.
-        top_q: dynamic k = max(1, floor(sum of the top-q IoUs))  (paper Sec. 3.3: q = 20).
-        eps, iters: Sinkhorn regularisation and iterations (official: 0.1, 50).
+        iou_weight: alpha in the cost, cls + alpha * IoU loss  (paper Eq. 7: 1.5).
+        iou_cost: the IoU loss: 'log' -log IoU (official), 'linear' 1 - IoU, 'giou' 1 - GIoU.
+        center_prior: 'official' (center_radius, candidate_margin: inside the box and within
+            center_radius*stride of its centre; others +non_candidate_cost) or 'nearest' (the
+            prior_radius**2 points nearest the centre on each level; others +prior_cost).
+            An extra cost >= 1e6 excludes exactly; a smaller prior_cost is a soft prior.
+        top_q, fixed_k: k_i = max(1, floor(sum of the top_q candidate IoUs)) (Sec. 3.3, q = 20),
+            or fixed_k for every gt (clipped to its number of candidates) when set.
+        ambiguity: 'none' (plain OTA), or settle anchors that are candidates of several gts
+            first by 'min_area' (smallest gt), 'max_iou' (IoU of the predicted box) or
+            'min_loss' (lowest cls + alpha*IoU cost), then run OTA (paper Table 3).
+        eps, iters, tol: Sinkhorn regularisation, iterations (official: 0.1, 50) and optional
+            early stop on the marginal error (None runs all iters).
         focal_alpha, focal_gamma: the focal cost, as the focal loss.
         rescale_plan: divide each supplier's row by its max before the argmax (official code).
-        compact: solve only over anchors that are a candidate of some gt (same result, faster).
+        compact: solve only over anchors some gt can reach (same assignment, faster); used
+            when the exclusion cost is >= 1e6.
+    A gt with no candidate at all (smaller than the point spacing: an "orphan") has +1e6 on
+    every anchor, a constant shift of its row that changes no OT solution: it is dropped, so
+    such a gt competes for every anchor and still gets its k = 1 positive.
     Returns:
-        AssignResult; stats holds num_pos, num_gts, mean_k, pos_per_gt, marginal_error.
+        AssignResult. stats, 0-dim: num_pos, num_gts, mean_k, pos_per_gt, marginal_error (max
+        |column sum - 1| of the plan), num_ambiguous (N_amb: anchors whose largest share of
+        their unit, max_i pi_ij / sum_i pi_ij, is < 0.9; such an anchor necessarily receives
+        >= 0.1 foreground mass), sinkhorn_iters, compacted (1 if the compacted solve was used).
+        Not 0-dim: dynamic_k (B, G) the k of every gt (0 for padding).
     """
+    _check_knobs(iou_cost, center_prior, ambiguity, prior_radius, fixed_k, top_q)
     B, A, C = cls_logits.shape
     G = gt_boxes.shape[1]
     # Assignment is done in float32 whatever the autocast state.
     cls_logits, pred_boxes, gt_boxes = cls_logits.float(), pred_boxes.float(), gt_boxes.float()
     device = cls_logits.device
     if G == 0 or not bool(gt_mask.any()):
-        return _all_background(B, A, C, device)
+        return _all_background(B, A, C, G, device)
 
     gt_cost, background_cost = classification_costs(cls_logits, gt_labels, alpha=focal_alpha, gamma=focal_gamma)
     ious = pairwise_iou(gt_boxes, pred_boxes)  # (B, G, A)
-    candidates = centre_candidates(points, strides, gt_boxes, radius=center_radius, margin=candidate_margin)
-    candidates &= gt_mask[:, :, None]  # (B, G, A)
-    # Eq. 7: c_ij = L_cls + alpha * L_reg, plus the centre prior as a hard exclusion.
-    cost = gt_cost + iou_weight * -torch.log(ious + 1e-8) + non_candidate_cost * (~candidates)
+    # Eq. 7: c_ij = L_cls + alpha * L_reg.
+    pair_cost = gt_cost + iou_weight * regression_cost(ious, gt_boxes, pred_boxes, iou_cost)  # (B, G, A)
+    candidates = prior_candidates(
+        points, strides, gt_boxes, gt_mask, center_prior=center_prior, center_radius=center_radius,
+        candidate_margin=candidate_margin, prior_radius=prior_radius,
+    )  # fmt: skip
+    if ambiguity != "none":
+        area = (gt_boxes[..., 2] - gt_boxes[..., 0]) * (gt_boxes[..., 3] - gt_boxes[..., 1])  # (B, G)
+        score = {"min_area": area[:, :, None].expand_as(ious), "max_iou": -ious, "min_loss": pair_cost}[ambiguity]
+        candidates = resolve_ambiguous(candidates, score)
+    orphans = gt_mask & ~candidates.any(dim=2)  # (B, G)
+    exclusion = non_candidate_cost if center_prior == "official" else prior_cost
+    # The centre prior: non-candidates pay `exclusion`; orphans pay nothing (a row constant).
+    cost = pair_cost + exclusion * (~candidates & ~orphans[:, :, None])
     cost = torch.cat((cost, background_cost[:, None, :]), dim=1)  # (B, G+1, A)
 
-    # Sec. 3.3 dynamic k: each gt supplies as many labels as its top-q candidate IoUs sum to.
-    top_ious = (ious * candidates).topk(min(top_q, A), dim=2).values  # (B, G, q)
-    dynamic_k = top_ious.sum(dim=2).floor().clamp(min=1) * gt_mask  # (B, G); 0 for padding
+    num_candidates = candidates.sum(dim=2)  # (B, G)
+    if fixed_k is None:
+        # Sec. 3.3 dynamic k: each gt supplies as many labels as its top-q candidate IoUs sum to.
+        top_ious = (ious * candidates).topk(min(top_q, A), dim=2).values  # (B, G, q)
+        k = top_ious.sum(dim=2).floor()
+    else:
+        k = num_candidates.clamp(max=fixed_k).float()  # a gt cannot fill more candidates than it has
+    k = k.clamp(min=1) * gt_mask  # (B, G); 0 for padding
     # Eq. 4: background supplies the n - sum(k) units the gts do not.
-    supply = torch.cat((dynamic_k, A - dynamic_k.sum(dim=1, keepdim=True)), dim=1)  # (B, G+1)
-    if compact:
-        # Columns to solve over: every candidate, and for a gt with no candidate at all (smaller
-        # than the point spacing), the points near its centre, where its +1e6 row sends its units.
-        orphans = gt_mask & ~candidates.any(dim=2)  # (B, G)
+    supply = torch.cat((k, (A - k.sum(dim=1, keepdim=True)).clamp(min=0)), dim=1)  # (B, G+1)
+    if compact and exclusion >= HARD_EXCLUSION:
         keep = candidates.any(dim=1)  # (B, A)
         if bool(orphans.any()):
-            keep |= (near_centre(points, strides, gt_boxes, radius=center_radius) & orphans[:, :, None]).any(dim=1)
-        supplier, marginal_error = _transport_compacted(cost, supply, keep, eps, iters, rescale_plan)
+            keep |= orphan_columns(cost, orphans, eps)
+        solved = transport_compacted(cost, supply, keep, orphans, eps, iters, tol, rescale_plan)
     else:
-        supplier, marginal_error = _transport(cost, supply, eps, iters, rescale_plan)
+        solved = transport(cost, supply, eps, iters, tol, rescale_plan)
+    supplier = solved.supplier  # (B, A) in [0, G]
     gt_index = supplier.clamp(max=G - 1)
     positive = (supplier < G) & gt_mask.gather(1, gt_index)  # (B, A)
 
@@ -125,71 +190,28 @@ def ota(
     stats = {
         "num_pos": num_pos,
         "num_gts": num_gts,
-        "mean_k": dynamic_k.sum() / num_gts,
+        "mean_k": k.sum() / num_gts,
         "pos_per_gt": num_pos / num_gts,
-        "marginal_error": marginal_error,
+        "marginal_error": solved.marginal_error,
+        "num_ambiguous": solved.num_ambiguous,
+        "sinkhorn_iters": torch.tensor(solved.iters, device=device),
+        "compacted": torch.tensor(float(solved.compacted), device=device),
+        "dynamic_k": k,
     }
     return AssignResult(matched, labels, box_targets, iou_targets, stats)
 
 
-def _transport(cost: Tensor, supply: Tensor, eps: float, iters: int, rescale: bool) -> tuple[Tensor, Tensor]:
-    """Sinkhorn over every anchor; each anchor's supplier (B, A) in [0, G] (G = background)."""
-    demand = cost.new_ones(cost.shape[0], cost.shape[2])  # (B, A): one unit per anchor
-    plan = sinkhorn(cost, supply, demand, eps=eps, iters=iters)  # (B, G+1, A)
-    marginal_error = (plan.sum(dim=1) - demand).abs().amax()
-    if rescale:
-        # Official code: scale each supplier's row so its largest share is 1.
-        row_max = plan.amax(dim=2, keepdim=True)
-        plan = torch.where(row_max > 0, plan / row_max, plan)
-    return plan.argmax(dim=1), marginal_error
-
-
-def _transport_compacted(
-    cost: Tensor, supply: Tensor, keep: Tensor, eps: float, iters: int, rescale: bool
-) -> tuple[Tensor, Tensor]:
-    """The same assignment as _transport, solving over the K anchors in `keep` (B, A).
-
-    `keep` holds every anchor some gt can send to. Any other anchor costs +1e6 from every gt
-    that has candidates elsewhere, so the gts send it exactly 0 (exp(-1e7) underflows) and it
-    is background. Dropped together, such anchors act on the
-    background row only through their count D: each column j takes g_j = -(C_bg,j/eps + f_bg),
-    so they add D*exp(-f_bg) to the background row's sum. One virtual column of demand D that
-    only the background reaches reproduces that term, so the iterates equal the full
-    problem's, not only the limit. The exception is a gt with no candidate at all: its row is
-    +1e6 everywhere, and where its costs are flat (its predicted boxes miss it) it can also
-    reach anchors outside `keep`; benchmarks/assigner.py counts the few anchors that differ.
-    keep (B, A) bool -> supplier (B, A), marginal error.
-    """
-    B, M, A = cost.shape  # M = G+1 suppliers
-    K = max(int(keep.sum(dim=1).max()), 1)
-    # Kept anchors first (stable: in anchor order), padded to the batch's largest K.
-    order = torch.sort(keep.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :K]  # (B, K)
-    kept = keep.gather(1, order)  # (B, K) False = padding column
-    dropped = (A - keep.sum(dim=1)).to(cost.dtype)  # (B,)
-    cost_k = torch.cat((cost.gather(2, order[:, None, :].expand(B, M, K)), cost.new_zeros(B, M, 1)), dim=2)
-    demand = torch.cat((kept.to(cost.dtype), dropped[:, None]), dim=1)  # (B, K+1)
-    mask = torch.ones(B, M, K + 1, dtype=torch.bool, device=cost.device)
-    mask[:, :-1, K] = False  # the virtual column: background only
-    plan = sinkhorn(cost_k, supply, demand, eps=eps, iters=iters, mask=mask)  # (B, G+1, K+1)
-    marginal_error = ((plan.sum(dim=1) - demand).abs() * (demand > 0)).amax()
-    plan = plan[:, :, :K]
-    if rescale:
-        row_max = plan.amax(dim=2, keepdim=True)  # (B, G+1, 1)
-        # Each dropped anchor is wholly background (share 1), so the background row's max is 1.
-        row_max[:, -1, 0] = torch.where(dropped > 0, row_max[:, -1, 0].clamp(min=1.0), row_max[:, -1, 0])
-        plan = torch.where(row_max > 0, plan / row_max, plan)
-    supplier = torch.full((B, A), M - 1, dtype=torch.long, device=cost.device)  # background
-    supplier.scatter_(1, order, torch.where(kept, plan.argmax(dim=1), M - 1))
-    return supplier, marginal_error
-
-
-def _all_background(B: int, A: int, C: int, device: torch.device) -> AssignResult:
+def _all_background(B: int, A: int, C: int, G: int, device: torch.device) -> AssignResult:
     """With no gts the background supplies every anchor: the exact OT solution, no solve needed."""
     zero = torch.zeros((), device=device)
+    stats = {
+        "num_pos": zero.long(), "num_gts": zero.long(), "mean_k": zero, "pos_per_gt": zero, "marginal_error": zero,
+        "num_ambiguous": zero.long(), "sinkhorn_iters": zero.long(), "compacted": zero, "dynamic_k": torch.zeros(B, G, device=device),
+    }  # fmt: skip
     return AssignResult(
         matched=torch.full((B, A), BACKGROUND, dtype=torch.long, device=device),
         labels=torch.full((B, A), C, dtype=torch.long, device=device),
         box_targets=torch.zeros(B, A, 4, device=device),
         iou_targets=torch.zeros(B, A, device=device),
-        stats={"num_pos": zero.long(), "num_gts": zero.long(), "mean_k": zero, "pos_per_gt": zero, "marginal_error": zero},
+        stats=stats,
     )
