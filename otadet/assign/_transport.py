@@ -7,6 +7,7 @@ Shapes: B=batch, M=G+1 suppliers (gts, then the background last), A=anchor point
 K=kept anchors.
 """
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -72,22 +73,54 @@ def orphan_columns(cost: Tensor, orphans: Tensor, eps: float) -> Tensor:
 
 
 def transport_compacted(
-    cost: Tensor, supply: Tensor, keep: Tensor, orphans: Tensor, eps: float, iters: int, tol: float | None, rescale: bool
+    cost: Tensor, supply: Tensor, keep: Tensor, eps: float, iters: int, tol: float | None, rescale: bool
 ) -> Transport:
     """The same assignment as `transport`, solving over the K anchors in `keep` (B, A).
 
-    Every gt row costs >= 1e6 outside its candidates, except orphan rows (no candidate at all:
-    their +1e6 was a constant shift of the whole row, which changes no OT solution, so it was
-    dropped and every anchor is open to them). `keep` holds every candidate and the columns an
-    orphan may reach (orphan_columns). At any other anchor the gts send exactly 0 (exp(-1e7)
-    underflows) and the background takes its whole unit: there, column j's potential is
-    g_j = C_bg,j/eps - f_bg, so the D dropped anchors enter the background row's sum only as
+    `keep` holds every candidate (and the columns orphan gts may reach, orphan_columns). At
+    any other anchor the gts pay >= 1e6 and send exactly 0 (exp(-1e7) underflows), and the
+    background takes its whole unit: there column j's potential is g_j = C_bg,j/eps - f_bg,
+    so the D dropped anchors enter the background row's sum only as
     D*exp(f_bg + g_j - C_bg,j/eps) = D. One virtual column of demand D that only the
     background reaches reproduces that term, so the iterates equal the full problem's, not
-    only the limit. For orphans the mass they would send to dropped columns is bounded after
-    the solve, sum_j exp(f_o - f_bg - r_oj); above LEAK_TOL the batch is solved in full instead.
-    keep (B, A) bool, orphans (B, G) bool.
+    only the limit.
+
+    That holds while the gts really send nothing outside `keep`, which the solve certifies:
+    gt i's mass on a dropped column j is at most exp(f_i - f_bg - r_ij), r_ij =
+    (C_ij - C_bg,j)/eps (as g_j <= C_bg,j/eps - f_bg). Two cases need it: an orphan (no
+    candidate; every anchor is open to it) and a crowd of gts whose k's add up to more than
+    their candidates, whose excess the full problem ships to non-candidates at +1e6. While
+    the bound summed over dropped columns exceeds LEAK_TOL for some gt, the columns where it
+    is not negligible are added and the solve repeated (after 4 rounds: solved in full).
+    cost (B, G+1, A), supply (B, G+1), keep (B, A) bool.
     """
+    B, M, A = cost.shape
+    rel = (cost[:, :-1] - cost[:, -1:]) / eps  # (B, G, A)
+    for _ in range(4):
+        solution, order, kept, demand, dropped = _solve_kept(cost, supply, keep, eps, iters, tol)
+        f = solution.f
+        bound = (f[:, :-1, None] - f[:, -1:, None] - rel).masked_fill(keep[:, None, :], float("-inf"))  # (B, G, A)
+        if bool(torch.logsumexp(bound, dim=2).amax() <= math.log(LEAK_TOL)):  # NaN (no background supply) fails too
+            break
+        keep = keep | (bound > math.log(LEAK_TOL / A)).any(dim=1)
+    else:
+        return transport(cost, supply, eps, iters, tol, rescale)
+    K = order.shape[1]
+    plan = solution.plan()  # (B, M, K+1)
+    # Per anchor: the virtual column's error is shared by its D anchors alike.
+    marginal_error = ((plan.sum(dim=1) - demand).abs() / demand.clamp(min=1) * (demand > 0)).amax()
+    # Each dropped anchor gets the virtual column's background share per unit: exp(f_bg - f_bg_previous),
+    # 1 once converged. The background row's max over all anchors counts it.
+    background_max = plan[:, -1, K] / dropped.clamp(min=1)  # (B,)
+    choice, num_ambiguous = _decode(plan[:, :, :K], kept, rescale, background_max)
+    supplier = torch.full((B, A), M - 1, dtype=torch.long, device=cost.device)  # background
+    supplier.scatter_(1, order, torch.where(kept, choice, M - 1))
+    return Transport(supplier, marginal_error, num_ambiguous, solution.iters, True)
+
+
+def _solve_kept(cost: Tensor, supply: Tensor, keep: Tensor, eps: float, iters: int, tol: float | None):
+    """Sinkhorn over the kept columns plus the background-only virtual column.
+    -> potentials, order (B, K) of the kept anchors, kept (B, K) (False = padding), demand (B, K+1), dropped (B,)."""
     B, M, A = cost.shape
     K = max(int(keep.sum(dim=1).max()), 1)
     # Kept anchors first (stable: in anchor order), padded to the batch's largest K.
@@ -99,17 +132,4 @@ def transport_compacted(
     mask = torch.ones(B, M, K + 1, dtype=torch.bool, device=cost.device)
     mask[:, :-1, K] = False  # the virtual column: background only
     solution = sinkhorn_potentials(cost_k, supply, demand, eps=eps, iters=iters, mask=mask, tol=tol)
-    if bool(orphans.any()):
-        rel = (cost[:, :-1] - cost[:, -1:]) / eps  # (B, G, A)
-        outside = (orphans[:, :, None] & ~keep[:, None, :]) & (solution.f[:, :-1, None] > float("-inf"))
-        log_leak = (solution.f[:, :-1, None] - solution.f[:, -1:, None] - rel).masked_fill(~outside, float("-inf"))
-        if bool(torch.logsumexp(log_leak, dim=2).amax() > torch.log(torch.tensor(LEAK_TOL))):
-            return transport(cost, supply, eps, iters, tol, rescale)
-    plan = solution.plan()  # (B, M, K+1)
-    marginal_error = ((plan.sum(dim=1) - demand).abs() * (demand > 0)).amax()
-    # Each dropped anchor is wholly background (share 1), so the background row's max is >= 1.
-    background_max = torch.where(dropped > 0, 1.0, 0.0).to(plan.dtype)
-    choice, num_ambiguous = _decode(plan[:, :, :K], kept, rescale, background_max)
-    supplier = torch.full((B, A), M - 1, dtype=torch.long, device=cost.device)  # background
-    supplier.scatter_(1, order, torch.where(kept, choice, M - 1))
-    return Transport(supplier, marginal_error, num_ambiguous, solution.iters, True)
+    return solution, order, kept, demand, dropped

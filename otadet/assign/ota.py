@@ -173,7 +173,7 @@ def ota(
         keep = candidates.any(dim=1)  # (B, A)
         if bool(orphans.any()):
             keep |= orphan_columns(cost, orphans, eps)
-        solved = transport_compacted(cost, supply, keep, orphans, eps, iters, tol, rescale_plan)
+        solved = transport_compacted(cost, supply, keep, eps, iters, tol, rescale_plan)
     else:
         solved = transport(cost, supply, eps, iters, tol, rescale_plan)
     supplier = solved.supplier  # (B, A) in [0, G]

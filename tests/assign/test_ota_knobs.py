@@ -127,10 +127,9 @@ def test_early_stop_meets_its_tolerance():
     batch = pad_batch([random_scene(gen, n, points, strides, 4, height=256, width=384) for n in (4, 9)])
     fixed = ota(points, strides, *batch)
     assert fixed.stats["sinkhorn_iters"] == 50
-    loose = ota(points, strides, *batch, tol=0.5)
-    assert loose.stats["sinkhorn_iters"] < 50 and loose.stats["marginal_error"] < 0.5
-    # (float32 bottoms out near 4e-4 here: the background row ships thousands of units.)
-    tight = ota(points, strides, *batch, tol=0.01, iters=1000)
-    assert tight.stats["marginal_error"] < 0.01 < fixed.stats["marginal_error"]
+    loose = ota(points, strides, *batch, tol=0.1)
+    assert loose.stats["sinkhorn_iters"] < 50 and loose.stats["marginal_error"] < 0.1
+    tight = ota(points, strides, *batch, tol=1e-4, iters=1000)
+    assert tight.stats["marginal_error"] < 1e-4 < fixed.stats["marginal_error"]
     assert 50 < tight.stats["sinkhorn_iters"] < 1000
     assert (tight.matched == fixed.matched).float().mean() >= 0.999
