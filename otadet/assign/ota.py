@@ -9,19 +9,35 @@ Shapes: B=batch, A=anchor points (all FPN levels), G=gts (padded to the batch ma
 C=classes. Target convention: see otadet.assign._types.
 """
 
+import math
+from functools import partial
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
-from torchvision.ops import sigmoid_focal_loss
+import torch.nn.functional as F
 
 from ._boxes import pairwise_giou, pairwise_iou
 from ._prior import AMBIGUITY_RULES, CENTER_PRIORS, prior_candidates, resolve_ambiguous
-from ._transport import orphan_columns, transport, transport_compacted
+from ._transport import LEAK_TOL, Solved, kept_order, leak_bound, leaks, orphan_columns, solve_kept
 from ._types import BACKGROUND, AssignResult
 
-__all__ = ["ota", "classification_costs", "IOU_COSTS"]
+__all__ = ["ota", "classification_costs", "focal_terms", "IOU_COSTS"]
 
 IOU_COSTS = ("log", "linear", "giou")
 HARD_EXCLUSION = 1e6  # an extra cost this large excludes exactly (the official code's value)
+
+
+def focal_terms(logits: Tensor, *, alpha: float, gamma: float) -> tuple[Tensor, Tensor]:
+    """The focal loss of each logit for target 1 (positive) and target 0 (negative), elementwise.
+
+    As torchvision.ops.sigmoid_focal_loss, in fewer passes: with p = sigmoid(x),
+    positive = alpha (1-p)^gamma softplus(-x), negative = (1-alpha) p^gamma softplus(x).
+    """
+    p = torch.sigmoid(logits)
+    positive = alpha * (1 - p).pow(gamma) * F.softplus(-logits)
+    negative = (1 - alpha) * p.pow(gamma) * F.softplus(logits)
+    return positive, negative
 
 
 def classification_costs(
@@ -31,18 +47,21 @@ def classification_costs(
 
     The focal loss of a one-hot target summed over C classes equals the all-negative sum
     (the background cost) minus the negative term at the gt's class plus the positive term
-    there, so the gt costs are (B, G, A) gathers, never a (B, G, A, C) tensor.
+    there, so the gt costs are (B, G, N) gathers, never a (B, G, N, C) tensor.
 
-    cls_logits (B, A, C), gt_labels (B, G) -> (gt_cost (B, G, A), background_cost (B, A)).
+    cls_logits (B, N, C), gt_labels (B, G) -> (gt_cost (B, G, N), background_cost (B, N)).
     """
-    B, A, _ = cls_logits.shape
-    negative = sigmoid_focal_loss(cls_logits, torch.zeros_like(cls_logits), alpha, gamma)  # (B, A, C)
-    background_cost = negative.sum(dim=-1)  # (B, A)
-    index = gt_labels[:, :, None].expand(B, gt_labels.shape[1], A)  # (B, G, A)
-    logits_at_gt = cls_logits.transpose(1, 2).gather(1, index)  # (B, G, A)
-    positive_at_gt = sigmoid_focal_loss(logits_at_gt, torch.ones_like(logits_at_gt), alpha, gamma)
-    negative_at_gt = negative.transpose(1, 2).gather(1, index)
-    return background_cost[:, None, :] - negative_at_gt + positive_at_gt, background_cost
+    background_cost = focal_terms(cls_logits, alpha=alpha, gamma=gamma)[1].sum(dim=-1)  # (B, N)
+    return background_cost[:, None, :] + relative_class_cost(cls_logits, gt_labels, alpha=alpha, gamma=gamma), background_cost
+
+
+def relative_class_cost(cls_logits: Tensor, gt_labels: Tensor, *, alpha: float, gamma: float) -> Tensor:
+    """gt cost minus background cost: the positive minus the negative focal term at the gt's class.
+    cls_logits (B, N, C), gt_labels (B, G) -> (B, G, N)."""
+    B, N, _ = cls_logits.shape
+    index = gt_labels[:, :, None].expand(B, gt_labels.shape[1], N)  # (B, G, N)
+    positive, negative = focal_terms(cls_logits.transpose(1, 2).gather(1, index), alpha=alpha, gamma=gamma)
+    return positive - negative
 
 
 def regression_cost(ious: Tensor, gt_boxes: Tensor, pred_boxes: Tensor, form: str) -> Tensor:
@@ -141,64 +160,140 @@ def ota(
     if G == 0 or not bool(gt_mask.any()):
         return _all_background(B, A, C, G, device)
 
-    gt_cost, background_cost = classification_costs(cls_logits, gt_labels, alpha=focal_alpha, gamma=focal_gamma)
-    ious = pairwise_iou(gt_boxes, pred_boxes)  # (B, G, A)
-    # Eq. 7: c_ij = L_cls + alpha * L_reg.
-    pair_cost = gt_cost + iou_weight * regression_cost(ious, gt_boxes, pred_boxes, iou_cost)  # (B, G, A)
     candidates = prior_candidates(
         points, strides, gt_boxes, gt_mask, center_prior=center_prior, center_radius=center_radius,
         candidate_margin=candidate_margin, prior_radius=prior_radius,
-    )  # fmt: skip
-    if ambiguity != "none":
-        area = (gt_boxes[..., 2] - gt_boxes[..., 0]) * (gt_boxes[..., 3] - gt_boxes[..., 1])  # (B, G)
-        score = {"min_area": area[:, :, None].expand_as(ious), "max_iou": -ious, "min_loss": pair_cost}[ambiguity]
-        candidates = resolve_ambiguous(candidates, score)
-    orphans = gt_mask & ~candidates.any(dim=2)  # (B, G)
+    )  # fmt: skip  (B, G, A)
     exclusion = non_candidate_cost if center_prior == "official" else prior_cost
-    # The centre prior: non-candidates pay `exclusion`; orphans pay nothing (a row constant).
-    cost = pair_cost + exclusion * (~candidates & ~orphans[:, :, None])
-    cost = torch.cat((cost, background_cost[:, None, :]), dim=1)  # (B, G+1, A)
+    focal = dict(alpha=focal_alpha, gamma=focal_gamma)
+    solve = partial(
+        _solve_columns, cls_logits, pred_boxes, gt_boxes, gt_labels, gt_mask, candidates, exclusion=exclusion,
+        iou_weight=iou_weight, iou_cost=iou_cost, ambiguity=ambiguity, top_q=top_q, fixed_k=fixed_k, focal=focal,
+        eps=eps, iters=iters, tol=tol, rescale=rescale_plan,
+    )  # fmt: skip
+    every = torch.ones(B, A, dtype=torch.bool, device=device)
+    # Compaction (see _transport): solve over the candidates only, when non-candidates are truly excluded.
+    keep = candidates.any(dim=1) if compact and exclusion >= HARD_EXCLUSION else every  # (B, A)
+    out = solve(keep)
+    relative = None  # (B, G, A) r_ij = (C_ij - C_bg,j)/eps at every anchor, built only when needed
+    for _ in range(4):
+        if bool(keep.all()):
+            break
+        if relative is None and bool(out.orphans.any()):
+            relative = _relative_cost(cls_logits, pred_boxes, gt_boxes, gt_labels, out.orphans, exclusion, iou_weight, iou_cost, focal, eps)
+            keep = keep | orphan_columns(relative, out.orphans)
+            out = solve(keep)
+        if relative is None:
+            # Cheap certificate: outside the candidates r_ij >= (exclusion - max negative focal term)/eps.
+            most_negative = (1 - focal_alpha) * F.softplus(cls_logits.amax())
+            dropped = (A - keep.sum(dim=1)).clamp(min=1).float().log()  # (B,)
+            bound = out.f[:, :-1] - out.f[:, -1:] + (most_negative - exclusion) / eps + dropped[:, None]  # (B, G)
+            if bool(bound.amax() <= math.log(LEAK_TOL)):
+                break
+            relative = _relative_cost(cls_logits, pred_boxes, gt_boxes, gt_labels, out.orphans, exclusion, iou_weight, iou_cost, focal, eps)
+        bound = leak_bound(out.f, relative, keep)  # (B, G, A)
+        if not leaks(bound):
+            break
+        # A crowd whose k's outgrow its candidates ships the excess to non-candidates: keep those too.
+        keep = keep | (bound > math.log(LEAK_TOL / A)).any(dim=1)
+        out = solve(keep)
+    else:
+        keep = every
+        out = solve(keep)
 
-    num_candidates = candidates.sum(dim=2)  # (B, G)
-    if fixed_k is None:
-        # Sec. 3.3 dynamic k: each gt supplies as many labels as its top-q candidate IoUs sum to.
-        top_ious = (ious * candidates).topk(min(top_q, A), dim=2).values  # (B, G, q)
-        k = top_ious.sum(dim=2).floor()
-    else:
-        k = num_candidates.clamp(max=fixed_k).float()  # a gt cannot fill more candidates than it has
-    k = k.clamp(min=1) * gt_mask  # (B, G); 0 for padding
-    # Eq. 4: background supplies the n - sum(k) units the gts do not.
-    supply = torch.cat((k, (A - k.sum(dim=1, keepdim=True)).clamp(min=0)), dim=1)  # (B, G+1)
-    if compact and exclusion >= HARD_EXCLUSION:
-        keep = candidates.any(dim=1)  # (B, A)
-        if bool(orphans.any()):
-            keep |= orphan_columns(cost, orphans, eps)
-        solved = transport_compacted(cost, supply, keep, eps, iters, tol, rescale_plan)
-    else:
-        solved = transport(cost, supply, eps, iters, tol, rescale_plan)
-    supplier = solved.supplier  # (B, A) in [0, G]
+    supplier = torch.full((B, A), G, dtype=torch.long, device=device).scatter_(1, out.order, out.choice)  # (B, A)
     gt_index = supplier.clamp(max=G - 1)
     positive = (supplier < G) & gt_mask.gather(1, gt_index)  # (B, A)
+    iou_kept = out.ious.gather(1, out.choice.clamp(max=G - 1)[:, None, :]).squeeze(1)  # (B, K)
+    iou_targets = torch.zeros(B, A, device=device).scatter_(1, out.order, iou_kept * out.kept) * positive
 
     matched = torch.where(positive, supplier, BACKGROUND)
     labels = torch.where(positive, gt_labels.gather(1, gt_index), C)
     box_targets = gt_boxes.gather(1, gt_index[:, :, None].expand(B, A, 4)) * positive[:, :, None]
-    iou_targets = ious.gather(1, gt_index[:, None, :]).squeeze(1) * positive  # (B, A)
 
     num_gts = gt_mask.sum()
     num_pos = positive.sum()
     stats = {
         "num_pos": num_pos,
         "num_gts": num_gts,
-        "mean_k": k.sum() / num_gts,
+        "mean_k": out.k.sum() / num_gts,
         "pos_per_gt": num_pos / num_gts,
-        "marginal_error": solved.marginal_error,
-        "num_ambiguous": solved.num_ambiguous,
-        "sinkhorn_iters": torch.tensor(solved.iters, device=device),
-        "compacted": torch.tensor(float(solved.compacted), device=device),
-        "dynamic_k": k,
+        "marginal_error": out.solved.marginal_error,
+        "num_ambiguous": out.solved.num_ambiguous,
+        "sinkhorn_iters": torch.tensor(out.solved.iters, device=device),
+        "compacted": torch.tensor(float(not bool(keep.all())), device=device),
+        "dynamic_k": out.k,
     }
     return AssignResult(matched, labels, box_targets, iou_targets, stats)
+
+
+class _Columns(NamedTuple):
+    order: Tensor  # (B, K) anchor index of each kept column
+    kept: Tensor  # (B, K) bool, False = padding column
+    ious: Tensor  # (B, G, K) IoU of the kept anchors' predicted boxes with the gts
+    orphans: Tensor  # (B, G) real gts with no candidate
+    k: Tensor  # (B, G) units each gt supplies
+    solved: Solved
+
+    @property
+    def f(self) -> Tensor:
+        return self.solved.f
+
+    @property
+    def choice(self) -> Tensor:
+        return self.solved.choice
+
+
+def _solve_columns(
+    cls_logits: Tensor, pred_boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor, candidates: Tensor,
+    keep: Tensor, *, exclusion: float, iou_weight: float, iou_cost: str, ambiguity: str, top_q: int,
+    fixed_k: int | None, focal: dict, eps: float, iters: int, tol: float | None, rescale: bool,
+) -> _Columns:  # fmt: skip
+    """Build the cost over the anchors in keep (B, A) only and solve OT there (Eqs. 4-7)."""
+    B, A, C = cls_logits.shape
+    if bool(keep.all()):
+        order, kept = torch.arange(A, device=keep.device).expand(B, A), keep
+        logits, boxes, cand = cls_logits, pred_boxes, candidates
+    else:
+        order, kept = kept_order(keep)  # (B, K)
+        K = order.shape[1]
+        logits = cls_logits.gather(1, order[:, :, None].expand(B, K, C))  # (B, K, C)
+        boxes = pred_boxes.gather(1, order[:, :, None].expand(B, K, 4))  # (B, K, 4)
+        cand = candidates.gather(2, order[:, None, :].expand(B, candidates.shape[1], K)) & kept[:, None, :]  # (B, G, K)
+    gt_cost, background_cost = classification_costs(logits, gt_labels, **focal)  # (B, G, K), (B, K)
+    ious = pairwise_iou(gt_boxes, boxes)  # (B, G, K)
+    # Eq. 7: c_ij = L_cls + alpha * L_reg.
+    pair_cost = gt_cost + iou_weight * regression_cost(ious, gt_boxes, boxes, iou_cost)  # (B, G, K)
+    if ambiguity != "none":
+        area = (gt_boxes[..., 2] - gt_boxes[..., 0]) * (gt_boxes[..., 3] - gt_boxes[..., 1])  # (B, G)
+        score = {"min_area": area[:, :, None].expand_as(ious), "max_iou": -ious, "min_loss": pair_cost}[ambiguity]
+        cand = resolve_ambiguous(cand, score)
+    orphans = gt_mask & ~cand.any(dim=2)  # (B, G)
+    # The centre prior: non-candidates pay `exclusion`; an orphan's would be a constant over its row: dropped.
+    cost = pair_cost + exclusion * (~cand & ~orphans[:, :, None])
+    cost = torch.cat((cost, background_cost[:, None, :]), dim=1)  # (B, G+1, K)
+
+    if fixed_k is None:
+        # Sec. 3.3 dynamic k: each gt supplies as many labels as its top-q candidate IoUs sum to.
+        k = (ious * cand).topk(min(top_q, ious.shape[2]), dim=2).values.sum(dim=2).floor()  # (B, G)
+    else:
+        k = cand.sum(dim=2).clamp(max=fixed_k).float()  # a gt cannot fill more candidates than it has
+    k = k.clamp(min=1) * gt_mask  # (B, G); 0 for padding
+    # Eq. 4: background supplies the n - sum(k) units the gts do not.
+    supply = torch.cat((k, (A - k.sum(dim=1, keepdim=True)).clamp(min=0)), dim=1)  # (B, G+1)
+    solved = solve_kept(cost, supply, kept, A - keep.sum(dim=1), eps, iters, tol, rescale)
+    return _Columns(order, kept, ious, orphans, k, solved)
+
+
+def _relative_cost(
+    cls_logits: Tensor, pred_boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, orphans: Tensor,
+    exclusion: float, iou_weight: float, iou_cost: str, focal: dict, eps: float,
+) -> Tensor:  # fmt: skip
+    """r_ij = (C_ij - C_bg,j)/eps at every anchor, as it stands outside the candidates -> (B, G, A).
+    The background cost cancels, so this needs no (B, A, C) work."""
+    ious = pairwise_iou(gt_boxes, pred_boxes)  # (B, G, A)
+    relative = relative_class_cost(cls_logits, gt_labels, **focal) + iou_weight * regression_cost(ious, gt_boxes, pred_boxes, iou_cost)
+    return (relative + exclusion * ~orphans[:, :, None]) / eps
 
 
 def _all_background(B: int, A: int, C: int, G: int, device: torch.device) -> AssignResult:
