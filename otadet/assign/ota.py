@@ -195,7 +195,12 @@ def ota(
         if not leaks(bound):
             break
         # A crowd whose k's outgrow its candidates ships the excess to non-candidates: keep those too.
-        keep = keep | (bound > math.log(LEAK_TOL / A)).any(dim=1)
+        grown = keep | (bound > math.log(LEAK_TOL / A)).any(dim=1)
+        if torch.equal(grown, keep):  # e.g. the gts' k's exceed the anchors: no background supply
+            keep = every
+            out = solve(keep)
+            break
+        keep = grown
         out = solve(keep)
     else:
         keep = every

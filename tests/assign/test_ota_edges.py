@@ -43,10 +43,10 @@ def test_gts_smaller_than_a_stride_each_get_a_positive():
 
 def test_500_gts_and_duplicates():
     gen = torch.Generator().manual_seed(5)
-    points, strides = fcos_points(320, 448)
-    logits, pred, gt, labels = random_scene(gen, 500, points, strides, 3, height=320, width=448, crowded=True)
+    points, strides = fcos_points(256, 320)
+    logits, pred, gt, labels = random_scene(gen, 500, points, strides, 3, height=256, width=320, crowded=True)
     gt[1], labels[1] = gt[0], labels[0]  # an exact duplicate
-    batch = pad_batch([(logits, pred, gt, labels), random_scene(gen, 2, points, strides, 3, height=320, width=448)])
+    batch = pad_batch([(logits, pred, gt, labels), random_scene(gen, 2, points, strides, 3, height=256, width=320)])
     result = ota(points, strides, *batch)
     _check(result, batch[4], 3)
     # So many gts overlap that a crowd's k's outgrow its candidates: the full problem ships the
@@ -61,8 +61,8 @@ def test_500_gts_and_duplicates():
 
 def test_saturated_logits():
     gen = torch.Generator().manual_seed(2)
-    points, strides = fcos_points(256, 384)
-    scenes = [random_scene(gen, n, points, strides, 5, height=256, width=384, crowded=True) for n in (10, 3)]
+    points, strides = fcos_points(192, 256)
+    scenes = [random_scene(gen, n, points, strides, 5, height=192, width=256, crowded=True) for n in (10, 3)]
     logits, pred, gt, labels, mask = pad_batch(scenes)
     saturated = torch.where(torch.rand(logits.shape, generator=gen) < 0.5, -50.0, 50.0)
     for knobs in ({}, {"iou_cost": "giou", "ambiguity": "min_loss"}, {"center_prior": "nearest", "prior_cost": 5.0}):
