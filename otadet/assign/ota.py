@@ -175,23 +175,32 @@ def ota(
     # Compaction (see _transport): solve over the candidates only, when non-candidates are truly excluded.
     keep = candidates.any(dim=1) if compact and exclusion >= HARD_EXCLUSION else every  # (B, A)
     out = solve(keep)
+    costs = dict(exclusion=exclusion, iou_weight=iou_weight, iou_cost=iou_cost, focal=focal, eps=eps)
     relative = None  # (B, G, A) r_ij = (C_ij - C_bg,j)/eps at every anchor, built only when needed
+    orphan_rows = None  # (B, O) indices of the orphan gts, (B, O) real, (B, O, A) their r_ij
+    most_negative = (1 - focal_alpha) * F.softplus(cls_logits.amax())  # bounds any one class's negative term
     for _ in range(4):
         if bool(keep.all()):
             break
-        if relative is None and bool(out.orphans.any()):
-            relative = _relative_cost(cls_logits, pred_boxes, gt_boxes, gt_labels, out.orphans, exclusion, iou_weight, iou_cost, focal, eps)
-            keep = keep | orphan_columns(relative, out.orphans)
+        if orphan_rows is None and bool(out.orphans.any()):
+            index, real = kept_order(out.orphans)  # (B, O)
+            boxes, labels = gt_boxes.gather(1, index[:, :, None].expand(B, -1, 4)), gt_labels.gather(1, index)
+            orphan_rows = (index, real, _relative_cost(cls_logits, pred_boxes, boxes, labels, real, **costs))
+            keep = keep | orphan_columns(orphan_rows[2], real)
             out = solve(keep)
-        if relative is None:
-            # Cheap certificate: outside the candidates r_ij >= (exclusion - max negative focal term)/eps.
-            most_negative = (1 - focal_alpha) * F.softplus(cls_logits.amax())
-            dropped = (A - keep.sum(dim=1)).clamp(min=1).float().log()  # (B,)
-            bound = out.f[:, :-1] - out.f[:, -1:] + (most_negative - exclusion) / eps + dropped[:, None]  # (B, G)
-            if bool(bound.amax() <= math.log(LEAK_TOL)):
-                break
-            relative = _relative_cost(cls_logits, pred_boxes, gt_boxes, gt_labels, out.orphans, exclusion, iou_weight, iou_cost, focal, eps)
-        bound = leak_bound(out.f, relative, keep)  # (B, G, A)
+        # Certificate, cheap form for the gts with candidates: outside them r_ij >= (exclusion - most_negative)/eps.
+        dropped = (A - keep.sum(dim=1)).clamp(min=1).float().log()  # (B,)
+        cheap = out.f[:, :-1] - out.f[:, -1:] + (most_negative - exclusion) / eps + dropped[:, None]  # (B, G)
+        if relative is None and bool(cheap.masked_fill(out.orphans, float("-inf")).amax() > math.log(LEAK_TOL)):
+            relative = _relative_cost(cls_logits, pred_boxes, gt_boxes, gt_labels, out.orphans, **costs)
+        if relative is not None:
+            bound = leak_bound(out.f, relative, keep)  # (B, G, A)
+        elif orphan_rows is not None:
+            index, real, orphan_relative = orphan_rows
+            f = torch.cat((out.f.gather(1, index).masked_fill(~real, float("-inf")), out.f[:, -1:]), dim=1)  # (B, O+1)
+            bound = leak_bound(f, orphan_relative, keep)  # (B, O, A)
+        else:
+            break
         if not leaks(bound):
             break
         # A crowd whose k's outgrow its candidates ships the excess to non-candidates: keep those too.
