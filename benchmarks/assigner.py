@@ -9,7 +9,8 @@ mimic training: FCOS points of an 800x1333 image, boxes predicted around every p
 many sizes (CrowdHuman-like ones clustered). The same run checks the assignments: anchors
 the two agree on, and the compacted solve against ota(compact=False), which must be equal.
 Peak memory: CUDA max_memory_allocated on a GPU; on the CPU the process's peak resident set
-growth (VmHWM after a reset through /proc/self/clear_refs, Linux only).
+growth (VmHWM after a reset through /proc/self/clear_refs, Linux only; pages freed by an
+earlier case can hide part of a later one's growth, so treat CPU figures as lower bounds).
 """
 
 import argparse
@@ -93,8 +94,9 @@ def main() -> None:
         def per_image():
             return [reference_ota(points, strides, *s) for s in scenes]
 
-        t_ref, mem_ref, ref = measure(per_image, device, args.repeat)
+        # Batched first: on the CPU the resident-set growth of the second measured can hide in pages the first freed.
         t_ota, mem_ota, result = measure(lambda: ota(points, strides, *batch), device, args.repeat)
+        t_ref, mem_ref, ref = measure(per_image, device, args.repeat)
         full = ota(points, strides, *batch, compact=False)
         alike = torch.stack([result.matched[i] == r for i, r in enumerate(ref)]).float().mean().item()
         exact = "yes" if torch.equal(full.matched, result.matched) and bool(result.stats["compacted"]) else "NO"

@@ -22,7 +22,7 @@ from .sinkhorn import sinkhorn_potentials
 
 __all__ = ["Solved", "kept_order", "solve_kept", "leak_bound", "leaks", "orphan_columns", "AMBIGUOUS_SHARE", "LEAK_TOL"]
 
-AMBIGUOUS_SHARE = 0.9  # paper Sec. 4.3: an anchor is ambiguous when no supplier sends it >= 90% of its unit
+AMBIGUOUS_SHARE = 0.9  # N_amb (the paper's ambiguity statistic): an anchor is ambiguous when no supplier sends it >= 90% of its unit
 LEAK_TOL = 1e-8  # mass a gt may send to dropped columns (bounded after the solve) for the solve to count as exact
 ORPHAN_WINDOW = 10.0  # orphan columns kept first: relative cost within this many eps of the row's best (more if leak_bound asks)
 ORPHAN_TOP = 64  # ... and at least this many of its cheapest columns
