@@ -174,19 +174,27 @@ def ota(
     every = torch.ones(B, A, dtype=torch.bool, device=device)
     # Compaction (see _transport): solve over the candidates only, when non-candidates are truly excluded.
     keep = candidates.any(dim=1) if compact and exclusion >= HARD_EXCLUSION else every  # (B, A)
-    out = solve(keep)
     costs = dict(exclusion=exclusion, iou_weight=iou_weight, iou_cost=iou_cost, focal=focal, eps=eps)
     relative = None  # (B, G, A) r_ij = (C_ij - C_bg,j)/eps at every anchor, built only when needed
     orphan_rows = None  # (B, O) indices of the orphan gts, (B, O) real, (B, O, A) their r_ij
     most_negative = (1 - focal_alpha) * F.softplus(cls_logits.amax())  # bounds any one class's negative term
+
+    def add_orphan_columns(orphans: Tensor, keep: Tensor):
+        index, real = kept_order(orphans)  # (B, O)
+        boxes, labels = gt_boxes.gather(1, index[:, :, None].expand(B, -1, 4)), gt_labels.gather(1, index)
+        rows = (index, real, _relative_cost(cls_logits, pred_boxes, boxes, labels, real, **costs))
+        return rows, keep | orphan_columns(rows[2], real)
+
+    orphans = gt_mask & ~candidates.any(dim=2)  # (B, G) known before the solve (unless an ambiguity rule makes more)
+    if not bool(keep.all()) and bool(orphans.any()):
+        orphan_rows, keep = add_orphan_columns(orphans, keep)
+    out = solve(keep)
     for _ in range(4):
         if bool(keep.all()):
             break
-        if orphan_rows is None and bool(out.orphans.any()):
-            index, real = kept_order(out.orphans)  # (B, O)
-            boxes, labels = gt_boxes.gather(1, index[:, :, None].expand(B, -1, 4)), gt_labels.gather(1, index)
-            orphan_rows = (index, real, _relative_cost(cls_logits, pred_boxes, boxes, labels, real, **costs))
-            keep = keep | orphan_columns(orphan_rows[2], real)
+        if (orphan_rows is None or not torch.equal(out.orphans, orphans)) and bool(out.orphans.any()):
+            orphans = out.orphans
+            orphan_rows, keep = add_orphan_columns(orphans, keep)
             out = solve(keep)
         # Certificate, cheap form for the gts with candidates: outside them r_ij >= (exclusion - most_negative)/eps.
         dropped = (A - keep.sum(dim=1)).clamp(min=1).float().log()  # (B,)

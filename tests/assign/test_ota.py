@@ -238,7 +238,7 @@ def test_compaction_gives_the_same_assignment_as_all_anchors(seed=0):
 
     orphans = ~centre_candidates(points, strides, batch[2], radius=2.5, margin=0.01).any(2) & batch[4]
     assert orphans.sum() >= 18  # the test exercises orphans
-    for knobs in ({}, {"ambiguity": "min_loss", "iou_cost": "giou"}, {"fixed_k": 5, "tol": 1e-3}):
+    for knobs in ({}, {"ambiguity": "min_loss", "iou_cost": "giou", "fixed_k": 5, "tol": 1e-3}):
         full = ota(points, strides, *batch, compact=False, **knobs)
         compact = ota(points, strides, *batch, compact=True, **knobs)
         # (With bounded IoU costs an orphan's mass may spread so far that the certified solve needs every anchor.)

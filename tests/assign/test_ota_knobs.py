@@ -47,11 +47,11 @@ def test_knob_matches_per_image_reference(knobs):
         assert (ref >= 0).any()
 
 
-@pytest.mark.parametrize("k", [1, 5, 10, 20])
+@pytest.mark.parametrize("k", [1, 5, 20])
 def test_fixed_k_gives_exactly_k_positives_per_isolated_gt(k):
     """Once Sinkhorn has converged, each gt takes exactly its k cheapest candidates. (The
     official 50 iterations stop short here: 4 of 5, 6 of 10, 9 of 20.)"""
-    points, strides = fcos_points(256, 384)
+    points, strides = fcos_points(256, 320)
     gt = torch.tensor([[[20.0, 30.0, 100.0, 110.0], [200.0, 40.0, 290.0, 140.0], [120.0, 150.0, 220.0, 240.0]]])
     centre = (gt[0, :, None, :2] + gt[0, :, None, 2:]) / 2  # (3, 1, 2)
     owner = ((points[None] - centre) ** 2).sum(2).argmin(0)  # (A,) nearest gt
