@@ -62,7 +62,7 @@ def test_fixed_k_gives_exactly_k_positives_per_isolated_gt(k):
     for g in range(3):
         mine = (owner == g).nonzero().squeeze(1)
         rank[mine[dist[mine].argsort()]] = torch.arange(len(mine), dtype=torch.float32)
-    half = (gt[0, owner, 2:] - gt[0, owner, :2]) / 2 * 1.3 ** rank[:, None]
+    half = (gt[0, owner, 2:] - gt[0, owner, :2]) / 2 * 1.3 ** rank[:, None].clamp(max=40)  # finite boxes
     middle = centre[owner, 0]
     pred = torch.cat((middle - half, middle + half), 1)[None]
     logits = torch.full((1, points.shape[0], 3), -5.0)
