@@ -232,12 +232,12 @@ def test_compaction_gives_the_same_assignment_as_all_anchors(seed=0):
     orphan gts (no candidate at all) included."""
     gen = torch.Generator().manual_seed(seed)
     points, strides = fcos_points(384, 512)
-    scenes = [orphan_scene(gen, points, strides, n, c, 384, 512) for n, c in [(3, False), (40, True), (15, False)]]
+    scenes = [orphan_scene(gen, points, strides, n, c, 384, 512) for n, c in [(3, False), (30, True)]]
     batch = pad_batch(scenes)
     from otadet.assign._boxes import centre_candidates
 
     orphans = ~centre_candidates(points, strides, batch[2], radius=2.5, margin=0.01).any(2) & batch[4]
-    assert orphans.sum() >= 18  # the test exercises orphans
+    assert orphans.sum() >= 12  # the test exercises orphans
     for knobs in ({}, {"ambiguity": "min_loss", "iou_cost": "giou", "fixed_k": 5, "tol": 1e-3}):
         full = ota(points, strides, *batch, compact=False, **knobs)
         compact = ota(points, strides, *batch, compact=True, **knobs)
@@ -246,6 +246,6 @@ def test_compaction_gives_the_same_assignment_as_all_anchors(seed=0):
         assert torch.equal(full.matched, compact.matched), knobs
         assert full.stats["num_ambiguous"] == compact.stats["num_ambiguous"]
         torch.testing.assert_close(full.stats["marginal_error"], compact.stats["marginal_error"], rtol=1e-3, atol=1e-4)
-        for i in range(3):  # with the default knobs every real gt, orphans included, gets a positive
+        for i in range(2):  # with the default knobs every real gt, orphans included, gets a positive
             n = len(scenes[i][2])
             assert knobs or set(full.matched[i][full.matched[i] >= 0].tolist()) == set(range(n))

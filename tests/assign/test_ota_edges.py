@@ -43,10 +43,10 @@ def test_gts_smaller_than_a_stride_each_get_a_positive():
 
 def test_500_gts_and_duplicates():
     gen = torch.Generator().manual_seed(5)
-    points, strides = fcos_points(256, 320)
-    logits, pred, gt, labels = random_scene(gen, 500, points, strides, 3, height=256, width=320, crowded=True)
+    points, strides = fcos_points(192, 256)  # 500 gts on 1023 anchors: their k's exceed the anchors
+    logits, pred, gt, labels = random_scene(gen, 500, points, strides, 3, height=192, width=256, crowded=True)
     gt[1], labels[1] = gt[0], labels[0]  # an exact duplicate
-    batch = pad_batch([(logits, pred, gt, labels), random_scene(gen, 2, points, strides, 3, height=256, width=320)])
+    batch = pad_batch([(logits, pred, gt, labels), random_scene(gen, 2, points, strides, 3, height=192, width=256)])
     result = ota(points, strides, *batch)
     _check(result, batch[4], 3)
     # So many gts overlap that a crowd's k's outgrow its candidates: the full problem ships the
