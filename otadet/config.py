@@ -170,20 +170,20 @@ def _check_assigner(value: Any, where: str) -> dict:
     name = value.get("name", "ota")
     if name not in ASSIGNERS:
         check_keys({name: 0}, ASSIGNERS, f"{where}: assigner.name")
-    params = {
-        p.name: p.default
+    params = {  # knob -> its annotated type (e.g. `int | None`), else its default's type
+        p.name: type(p.default) if p.annotation is inspect.Parameter.empty else p.annotation
         for p in inspect.signature(ASSIGNERS[name]).parameters.values()
         if p.kind is inspect.Parameter.KEYWORD_ONLY
     }
     knobs = {k: v for k, v in value.items() if k != "name"}
     check_keys(knobs, params, f"{where}: assigner ({name})")
     for key, v in knobs.items():
-        if isinstance(params[key], tuple):  # a sequence of numbers, e.g. fcos scale_ranges; YAML gives a list
+        if params[key] is tuple:  # a sequence of numbers, e.g. fcos scale_ranges; YAML gives a list
             if not isinstance(v, (list, tuple)) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
                 raise ConfigError(f"{where}: 'assigner.{key}' must be a list of numbers, got {v!r}")
             knobs[key] = tuple(float(x) for x in v)
         else:
-            knobs[key] = _check_type(v, type(params[key]), f"assigner.{key}", where)
+            knobs[key] = _check_type(v, params[key], f"assigner.{key}", where)
     return {"name": name, **knobs}
 
 

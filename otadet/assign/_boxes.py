@@ -10,9 +10,11 @@ from torch import Tensor
 
 __all__ = [
     "pairwise_iou",
+    "pairwise_giou",
     "near_centre",
     "centre_candidates",
     "points_in_boxes",
+    "nearest_per_level",
     "aligned_iou",
     "inside_boxes",
     "square_boxes",
@@ -83,3 +85,39 @@ def square_boxes(points: Tensor, sides: Tensor) -> Tensor:
     """Squares of side sides (A,) centred on points (A, 2) -> (A, 4) xyxy (an anchor box per point)."""
     half = (sides / 2)[:, None]  # (A, 1)
     return torch.cat((points - half, points + half), dim=1)
+
+
+def pairwise_giou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-9) -> Tensor:
+    """Generalised IoU (as torchvision.ops.generalized_box_iou, batched) of boxes1 (..., G, 4)
+    with boxes2 (..., A, 4) -> (..., G, A). xyxy."""
+    b1 = boxes1[..., :, None, :]  # (..., G, 1, 4)
+    b2 = boxes2[..., None, :, :]  # (..., 1, A, 4)
+    w = (b1[..., 2].minimum(b2[..., 2]) - b1[..., 0].maximum(b2[..., 0])).clamp_(min=0)
+    h = (b1[..., 3].minimum(b2[..., 3]) - b1[..., 1].maximum(b2[..., 1])).clamp_(min=0)
+    inter = w * h  # (..., G, A)
+    area1 = (b1[..., 2] - b1[..., 0]) * (b1[..., 3] - b1[..., 1])
+    area2 = (b2[..., 2] - b2[..., 0]).clamp(min=0) * (b2[..., 3] - b2[..., 1]).clamp(min=0)
+    union = area1 + area2 - inter
+    hull = (b1[..., 2].maximum(b2[..., 2]) - b1[..., 0].minimum(b2[..., 0])) * (
+        b1[..., 3].maximum(b2[..., 3]) - b1[..., 1].minimum(b2[..., 1])
+    )  # (..., G, A) area of the smallest enclosing box
+    return inter / (union + eps) - (hull - union) / (hull + eps)
+
+
+def nearest_per_level(points: Tensor, strides: Tensor, boxes: Tensor, *, count: int) -> Tensor:
+    """The `count` points (A, 2) nearest each box centre (..., G, 4) on every FPN level -> (..., G, A) bool.
+
+    Levels are the runs of equal stride in `strides` (A,), as anchor_points lays them out. One
+    top-k per level over all boxes at once; a level with fewer points gives all of them.
+    """
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2  # (..., G, 2)
+    chosen = points.new_zeros((*boxes.shape[:-1], points.shape[0]), dtype=torch.bool)  # (..., G, A)
+    _, counts = torch.unique_consecutive(strides, return_counts=True)
+    start = 0
+    for n in counts.tolist():  # one iteration per level
+        level = points[start : start + n]  # (n, 2)
+        dist = (centre[..., None, 0] - level[:, 0]).square() + (centre[..., None, 1] - level[:, 1]).square()  # (..., G, n)
+        nearest = dist.topk(min(count, n), dim=-1, largest=False).indices  # (..., G, count)
+        chosen[..., start : start + n].scatter_(-1, nearest, True)
+        start += n
+    return chosen

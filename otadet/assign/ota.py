@@ -2,21 +2,42 @@
 
 Each gt is a supplier of k_i units of "positive label", the background a supplier of the
 rest; every anchor point demands one unit. The cheapest way to ship them (entropic OT,
-solved by Sinkhorn) decides which gt, if any, each anchor learns from.
+solved by Sinkhorn) decides which gt, if any, each anchor learns from. Every knob of the
+paper's ablations is a keyword argument (docs/assigners.md), settable from the model YAML.
 
 Shapes: B=batch, A=anchor points (all FPN levels), G=gts (padded to the batch max),
 C=classes. Target convention: see otadet.assign._types.
 """
 
+import math
+from functools import partial
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
-from torchvision.ops import sigmoid_focal_loss
+import torch.nn.functional as F
 
-from ._boxes import centre_candidates, near_centre, pairwise_iou
+from ._boxes import pairwise_giou, pairwise_iou
+from ._prior import AMBIGUITY_RULES, CENTER_PRIORS, prior_candidates, resolve_ambiguous
+from ._transport import LEAK_TOL, Solved, kept_order, leak_bound, leaks, orphan_columns, solve_kept
 from ._types import BACKGROUND, AssignResult
-from .sinkhorn import sinkhorn
 
-__all__ = ["ota", "classification_costs"]
+__all__ = ["ota", "classification_costs", "focal_terms", "IOU_COSTS"]
+
+IOU_COSTS = ("log", "linear", "giou")
+HARD_EXCLUSION = 1e6  # an extra cost this large excludes exactly (the official code's value)
+
+
+def focal_terms(logits: Tensor, *, alpha: float, gamma: float) -> tuple[Tensor, Tensor]:
+    """The focal loss of each logit for target 1 (positive) and target 0 (negative), elementwise.
+
+    As torchvision.ops.sigmoid_focal_loss, in fewer passes: with p = sigmoid(x),
+    positive = alpha (1-p)^gamma softplus(-x), negative = (1-alpha) p^gamma softplus(x).
+    """
+    p = torch.sigmoid(logits)
+    positive = alpha * (1 - p).pow(gamma) * F.softplus(-logits)
+    negative = (1 - alpha) * p.pow(gamma) * F.softplus(logits)
+    return positive, negative
 
 
 def classification_costs(
@@ -26,18 +47,44 @@ def classification_costs(
 
     The focal loss of a one-hot target summed over C classes equals the all-negative sum
     (the background cost) minus the negative term at the gt's class plus the positive term
-    there, so the gt costs are (B, G, A) gathers, never a (B, G, A, C) tensor.
+    there, so the gt costs are (B, G, N) gathers, never a (B, G, N, C) tensor.
 
-    cls_logits (B, A, C), gt_labels (B, G) -> (gt_cost (B, G, A), background_cost (B, A)).
+    cls_logits (B, N, C), gt_labels (B, G) -> (gt_cost (B, G, N), background_cost (B, N)).
     """
-    B, A, _ = cls_logits.shape
-    negative = sigmoid_focal_loss(cls_logits, torch.zeros_like(cls_logits), alpha, gamma)  # (B, A, C)
-    background_cost = negative.sum(dim=-1)  # (B, A)
-    index = gt_labels[:, :, None].expand(B, gt_labels.shape[1], A)  # (B, G, A)
-    logits_at_gt = cls_logits.transpose(1, 2).gather(1, index)  # (B, G, A)
-    positive_at_gt = sigmoid_focal_loss(logits_at_gt, torch.ones_like(logits_at_gt), alpha, gamma)
-    negative_at_gt = negative.transpose(1, 2).gather(1, index)
-    return background_cost[:, None, :] - negative_at_gt + positive_at_gt, background_cost
+    background_cost = focal_terms(cls_logits, alpha=alpha, gamma=gamma)[1].sum(dim=-1)  # (B, N)
+    return background_cost[:, None, :] + relative_class_cost(cls_logits, gt_labels, alpha=alpha, gamma=gamma), background_cost
+
+
+def relative_class_cost(cls_logits: Tensor, gt_labels: Tensor, *, alpha: float, gamma: float) -> Tensor:
+    """gt cost minus background cost: the positive minus the negative focal term at the gt's class.
+    cls_logits (B, N, C), gt_labels (B, G) -> (B, G, N)."""
+    B, N, _ = cls_logits.shape
+    index = gt_labels[:, :, None].expand(B, gt_labels.shape[1], N)  # (B, G, N)
+    positive, negative = focal_terms(cls_logits.transpose(1, 2).gather(1, index), alpha=alpha, gamma=gamma)
+    return positive - negative
+
+
+def regression_cost(ious: Tensor, gt_boxes: Tensor, pred_boxes: Tensor, form: str) -> Tensor:
+    """IoU loss of every predicted box (B, A, 4) for every gt (B, G, 4) -> (B, G, A).
+    'log': -log IoU (official code), 'linear': 1 - IoU, 'giou': 1 - GIoU."""
+    if form == "log":
+        return -torch.log(ious + 1e-8)
+    if form == "linear":
+        return 1.0 - ious
+    return 1.0 - pairwise_giou(gt_boxes, pred_boxes)
+
+
+def _check_knobs(iou_cost: str, center_prior: str, ambiguity: str, prior_radius: int, fixed_k: int | None, top_q: int) -> None:
+    for name, value, allowed in (
+        ("iou_cost", iou_cost, IOU_COSTS),
+        ("center_prior", center_prior, CENTER_PRIORS),
+        ("ambiguity", ambiguity, AMBIGUITY_RULES),
+    ):
+        if value not in allowed:
+            raise ValueError(f"ota: {name}={value!r} is not one of {', '.join(allowed)} — set assigner.{name} in the model YAML")
+    for name, value in (("prior_radius", prior_radius), ("fixed_k", fixed_k), ("top_q", top_q)):
+        if value is not None and value < 1:
+            raise ValueError(f"ota: {name}={value} must be >= 1")
 
 
 @torch.no_grad()
@@ -51,12 +98,19 @@ def ota(
     gt_mask: Tensor,
     *,
     iou_weight: float = 1.5,
+    iou_cost: str = "log",
+    center_prior: str = "official",
     center_radius: float = 2.5,
     candidate_margin: float = 0.01,
     non_candidate_cost: float = 1e6,
+    prior_radius: int = 5,
+    prior_cost: float = 1e6,
     top_q: int = 20,
+    fixed_k: int | None = None,
+    ambiguity: str = "none",
     eps: float = 0.1,
     iters: int = 50,
+    tol: float | None = None,
     focal_alpha: float = 0.25,
     focal_gamma: float = 2.0,
     rescale_plan: bool = True,
@@ -70,126 +124,211 @@ def ota(
         cls_logits: (B, A, C) classification logits (detached predictions).
         pred_boxes: (B, A, 4) predicted boxes, xyxy pixels.
         gt_boxes: (B, G, 4) xyxy pixels, padded; gt_labels (B, G) int64; gt_mask (B, G) bool.
-        iou_weight: alpha in the cost, cls + alpha * (-log IoU)  (paper Eq. 7: 1.5).
-        center_radius, candidate_margin: the official code's candidate rule (see centre_candidates).
-        non_candidate_cost: added to non-candidates, which excludes them in practice.
-        top_q: dynamic k = max(1, floor(sum of the top-q IoUs))  (paper Sec. 3.3: q = 20).
-        eps, iters: Sinkhorn regularisation and iterations (official: 0.1, 50).
+        iou_weight: alpha in the cost, cls + alpha * IoU loss  (paper Eq. 7: 1.5).
+        iou_cost: the IoU loss: 'log' -log IoU (official), 'linear' 1 - IoU, 'giou' 1 - GIoU.
+        center_prior: 'official' (center_radius, candidate_margin: inside the box and within
+            center_radius*stride of its centre; others +non_candidate_cost) or 'nearest' (the
+            prior_radius**2 points nearest the centre on each level; others +prior_cost).
+            An extra cost >= 1e6 excludes exactly; a smaller prior_cost is a soft prior.
+        top_q, fixed_k: k_i = max(1, floor(sum of the top_q candidate IoUs)) (Sec. 3.3, q = 20),
+            or fixed_k for every gt (clipped to its number of candidates) when set.
+        ambiguity: 'none' (plain OTA), or settle anchors that are candidates of several gts
+            first by 'min_area' (smallest gt), 'max_iou' (IoU of the predicted box) or
+            'min_loss' (lowest cls + alpha*IoU cost), then run OTA (paper Table 3).
+        eps, iters, tol: Sinkhorn regularisation, iterations (official: 0.1, 50) and optional
+            early stop on the marginal error (None runs all iters).
         focal_alpha, focal_gamma: the focal cost, as the focal loss.
         rescale_plan: divide each supplier's row by its max before the argmax (official code).
-        compact: solve only over anchors that are a candidate of some gt (same result, faster).
+        compact: solve only over anchors some gt can reach (same assignment, faster); used
+            when the exclusion cost is >= 1e6.
+    A gt with no candidate at all (smaller than the point spacing: an "orphan") has +1e6 on
+    every anchor, a constant shift of its row that changes no OT solution: it is dropped, so
+    such a gt competes for every anchor and still gets its k = 1 positive.
     Returns:
-        AssignResult; stats holds num_pos, num_gts, mean_k, pos_per_gt, marginal_error.
+        AssignResult. stats, 0-dim: num_pos, num_gts, mean_k, pos_per_gt, marginal_error (max
+        |column sum - 1| of the plan), num_ambiguous (N_amb: anchors whose largest share of
+        their unit, max_i pi_ij / sum_i pi_ij, is < 0.9; such an anchor necessarily receives
+        >= 0.1 foreground mass), sinkhorn_iters, compacted (1 if the compacted solve was used).
+        Not 0-dim: dynamic_k (B, G) the k of every gt (0 for padding).
     """
+    _check_knobs(iou_cost, center_prior, ambiguity, prior_radius, fixed_k, top_q)
     B, A, C = cls_logits.shape
     G = gt_boxes.shape[1]
     # Assignment is done in float32 whatever the autocast state.
     cls_logits, pred_boxes, gt_boxes = cls_logits.float(), pred_boxes.float(), gt_boxes.float()
     device = cls_logits.device
     if G == 0 or not bool(gt_mask.any()):
-        return _all_background(B, A, C, device)
+        return _all_background(B, A, C, G, device)
 
-    gt_cost, background_cost = classification_costs(cls_logits, gt_labels, alpha=focal_alpha, gamma=focal_gamma)
-    ious = pairwise_iou(gt_boxes, pred_boxes)  # (B, G, A)
-    candidates = centre_candidates(points, strides, gt_boxes, radius=center_radius, margin=candidate_margin)
-    candidates &= gt_mask[:, :, None]  # (B, G, A)
-    # Eq. 7: c_ij = L_cls + alpha * L_reg, plus the centre prior as a hard exclusion.
-    cost = gt_cost + iou_weight * -torch.log(ious + 1e-8) + non_candidate_cost * (~candidates)
-    cost = torch.cat((cost, background_cost[:, None, :]), dim=1)  # (B, G+1, A)
+    candidates = prior_candidates(
+        points, strides, gt_boxes, gt_mask, center_prior=center_prior, center_radius=center_radius,
+        candidate_margin=candidate_margin, prior_radius=prior_radius,
+    )  # fmt: skip  (B, G, A)
+    exclusion = non_candidate_cost if center_prior == "official" else prior_cost
+    focal = dict(alpha=focal_alpha, gamma=focal_gamma)
+    solve = partial(
+        _solve_columns, cls_logits, pred_boxes, gt_boxes, gt_labels, gt_mask, candidates, exclusion=exclusion,
+        iou_weight=iou_weight, iou_cost=iou_cost, ambiguity=ambiguity, top_q=top_q, fixed_k=fixed_k, focal=focal,
+        eps=eps, iters=iters, tol=tol, rescale=rescale_plan,
+    )  # fmt: skip
+    every = torch.ones(B, A, dtype=torch.bool, device=device)
+    # Compaction (see _transport): solve over the candidates only, when non-candidates are truly excluded.
+    keep = candidates.any(dim=1) if compact and exclusion >= HARD_EXCLUSION else every  # (B, A)
+    costs = dict(exclusion=exclusion, iou_weight=iou_weight, iou_cost=iou_cost, focal=focal, eps=eps)
+    relative = None  # (B, G, A) r_ij = (C_ij - C_bg,j)/eps at every anchor, built only when needed
+    orphan_rows = None  # (B, O) indices of the orphan gts, (B, O) real, (B, O, A) their r_ij
+    most_negative = (1 - focal_alpha) * F.softplus(cls_logits.amax())  # bounds any one class's negative term
 
-    # Sec. 3.3 dynamic k: each gt supplies as many labels as its top-q candidate IoUs sum to.
-    top_ious = (ious * candidates).topk(min(top_q, A), dim=2).values  # (B, G, q)
-    dynamic_k = top_ious.sum(dim=2).floor().clamp(min=1) * gt_mask  # (B, G); 0 for padding
-    # Eq. 4: background supplies the n - sum(k) units the gts do not.
-    supply = torch.cat((dynamic_k, A - dynamic_k.sum(dim=1, keepdim=True)), dim=1)  # (B, G+1)
-    if compact:
-        # Columns to solve over: every candidate, and for a gt with no candidate at all (smaller
-        # than the point spacing), the points near its centre, where its +1e6 row sends its units.
-        orphans = gt_mask & ~candidates.any(dim=2)  # (B, G)
-        keep = candidates.any(dim=1)  # (B, A)
-        if bool(orphans.any()):
-            keep |= (near_centre(points, strides, gt_boxes, radius=center_radius) & orphans[:, :, None]).any(dim=1)
-        supplier, marginal_error = _transport_compacted(cost, supply, keep, eps, iters, rescale_plan)
+    def add_orphan_columns(orphans: Tensor, keep: Tensor):
+        index, real = kept_order(orphans)  # (B, O)
+        boxes, labels = gt_boxes.gather(1, index[:, :, None].expand(B, -1, 4)), gt_labels.gather(1, index)
+        rows = (index, real, _relative_cost(cls_logits, pred_boxes, boxes, labels, real, **costs))
+        return rows, keep | orphan_columns(rows[2], real)
+
+    orphans = gt_mask & ~candidates.any(dim=2)  # (B, G) known before the solve (unless an ambiguity rule makes more)
+    if not bool(keep.all()) and bool(orphans.any()):
+        orphan_rows, keep = add_orphan_columns(orphans, keep)
+    out = solve(keep)
+    for _ in range(4):
+        if bool(keep.all()):
+            break
+        if (orphan_rows is None or not torch.equal(out.orphans, orphans)) and bool(out.orphans.any()):
+            orphans = out.orphans
+            orphan_rows, keep = add_orphan_columns(orphans, keep)
+            out = solve(keep)
+        # Certificate, cheap form for the gts with candidates: outside them r_ij >= (exclusion - most_negative)/eps.
+        dropped = (A - keep.sum(dim=1)).clamp(min=1).float().log()  # (B,)
+        cheap = out.f[:, :-1] - out.f[:, -1:] + (most_negative - exclusion) / eps + dropped[:, None]  # (B, G)
+        if relative is None and bool(cheap.masked_fill(out.orphans, float("-inf")).amax() > math.log(LEAK_TOL)):
+            relative = _relative_cost(cls_logits, pred_boxes, gt_boxes, gt_labels, out.orphans, **costs)
+        if relative is not None:
+            bound = leak_bound(out.f, relative, keep)  # (B, G, A)
+        elif orphan_rows is not None:
+            index, real, orphan_relative = orphan_rows
+            f = torch.cat((out.f.gather(1, index).masked_fill(~real, float("-inf")), out.f[:, -1:]), dim=1)  # (B, O+1)
+            bound = leak_bound(f, orphan_relative, keep)  # (B, O, A)
+        else:
+            break
+        if not leaks(bound):
+            break
+        # A crowd whose k's outgrow its candidates ships the excess to non-candidates: keep those too.
+        grown = keep | (bound > math.log(LEAK_TOL / A)).any(dim=1)
+        if torch.equal(grown, keep):  # e.g. the gts' k's exceed the anchors: no background supply
+            keep = every
+            out = solve(keep)
+            break
+        keep = grown
+        out = solve(keep)
     else:
-        supplier, marginal_error = _transport(cost, supply, eps, iters, rescale_plan)
+        keep = every
+        out = solve(keep)
+
+    supplier = torch.full((B, A), G, dtype=torch.long, device=device).scatter_(1, out.order, out.choice)  # (B, A)
     gt_index = supplier.clamp(max=G - 1)
     positive = (supplier < G) & gt_mask.gather(1, gt_index)  # (B, A)
+    iou_kept = out.ious.gather(1, out.choice.clamp(max=G - 1)[:, None, :]).squeeze(1)  # (B, K)
+    iou_targets = torch.zeros(B, A, device=device).scatter_(1, out.order, iou_kept * out.kept) * positive
 
     matched = torch.where(positive, supplier, BACKGROUND)
     labels = torch.where(positive, gt_labels.gather(1, gt_index), C)
     box_targets = gt_boxes.gather(1, gt_index[:, :, None].expand(B, A, 4)) * positive[:, :, None]
-    iou_targets = ious.gather(1, gt_index[:, None, :]).squeeze(1) * positive  # (B, A)
 
     num_gts = gt_mask.sum()
     num_pos = positive.sum()
     stats = {
         "num_pos": num_pos,
         "num_gts": num_gts,
-        "mean_k": dynamic_k.sum() / num_gts,
+        "mean_k": out.k.sum() / num_gts,
         "pos_per_gt": num_pos / num_gts,
-        "marginal_error": marginal_error,
+        "marginal_error": out.solved.marginal_error,
+        "num_ambiguous": out.solved.num_ambiguous,
+        "sinkhorn_iters": torch.tensor(out.solved.iters, device=device),
+        "compacted": torch.tensor(float(not bool(keep.all())), device=device),
+        "dynamic_k": out.k,
     }
     return AssignResult(matched, labels, box_targets, iou_targets, stats)
 
 
-def _transport(cost: Tensor, supply: Tensor, eps: float, iters: int, rescale: bool) -> tuple[Tensor, Tensor]:
-    """Sinkhorn over every anchor; each anchor's supplier (B, A) in [0, G] (G = background)."""
-    demand = cost.new_ones(cost.shape[0], cost.shape[2])  # (B, A): one unit per anchor
-    plan = sinkhorn(cost, supply, demand, eps=eps, iters=iters)  # (B, G+1, A)
-    marginal_error = (plan.sum(dim=1) - demand).abs().amax()
-    if rescale:
-        # Official code: scale each supplier's row so its largest share is 1.
-        row_max = plan.amax(dim=2, keepdim=True)
-        plan = torch.where(row_max > 0, plan / row_max, plan)
-    return plan.argmax(dim=1), marginal_error
+class _Columns(NamedTuple):
+    order: Tensor  # (B, K) anchor index of each kept column
+    kept: Tensor  # (B, K) bool, False = padding column
+    ious: Tensor  # (B, G, K) IoU of the kept anchors' predicted boxes with the gts
+    orphans: Tensor  # (B, G) real gts with no candidate
+    k: Tensor  # (B, G) units each gt supplies
+    solved: Solved
+
+    @property
+    def f(self) -> Tensor:
+        return self.solved.f
+
+    @property
+    def choice(self) -> Tensor:
+        return self.solved.choice
 
 
-def _transport_compacted(
-    cost: Tensor, supply: Tensor, keep: Tensor, eps: float, iters: int, rescale: bool
-) -> tuple[Tensor, Tensor]:
-    """The same assignment as _transport, solving over the K anchors in `keep` (B, A).
+def _solve_columns(
+    cls_logits: Tensor, pred_boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor, candidates: Tensor,
+    keep: Tensor, *, exclusion: float, iou_weight: float, iou_cost: str, ambiguity: str, top_q: int,
+    fixed_k: int | None, focal: dict, eps: float, iters: int, tol: float | None, rescale: bool,
+) -> _Columns:  # fmt: skip
+    """Build the cost over the anchors in keep (B, A) only and solve OT there (Eqs. 4-7)."""
+    B, A, C = cls_logits.shape
+    if bool(keep.all()):
+        order, kept = torch.arange(A, device=keep.device).expand(B, A), keep
+        logits, boxes, cand = cls_logits, pred_boxes, candidates
+    else:
+        order, kept = kept_order(keep)  # (B, K)
+        K = order.shape[1]
+        logits = cls_logits.gather(1, order[:, :, None].expand(B, K, C))  # (B, K, C)
+        boxes = pred_boxes.gather(1, order[:, :, None].expand(B, K, 4))  # (B, K, 4)
+        cand = candidates.gather(2, order[:, None, :].expand(B, candidates.shape[1], K)) & kept[:, None, :]  # (B, G, K)
+    gt_cost, background_cost = classification_costs(logits, gt_labels, **focal)  # (B, G, K), (B, K)
+    ious = pairwise_iou(gt_boxes, boxes)  # (B, G, K)
+    # Eq. 7: c_ij = L_cls + alpha * L_reg.
+    pair_cost = gt_cost + iou_weight * regression_cost(ious, gt_boxes, boxes, iou_cost)  # (B, G, K)
+    if ambiguity != "none":
+        area = (gt_boxes[..., 2] - gt_boxes[..., 0]) * (gt_boxes[..., 3] - gt_boxes[..., 1])  # (B, G)
+        score = {"min_area": area[:, :, None].expand_as(ious), "max_iou": -ious, "min_loss": pair_cost}[ambiguity]
+        cand = resolve_ambiguous(cand, score)
+    orphans = gt_mask & ~cand.any(dim=2)  # (B, G)
+    # The centre prior: non-candidates pay `exclusion`; an orphan's would be a constant over its row: dropped.
+    cost = pair_cost + exclusion * (~cand & ~orphans[:, :, None])
+    cost = torch.cat((cost, background_cost[:, None, :]), dim=1)  # (B, G+1, K)
 
-    `keep` holds every anchor some gt can send to. Any other anchor costs +1e6 from every gt
-    that has candidates elsewhere, so the gts send it exactly 0 (exp(-1e7) underflows) and it
-    is background. Dropped together, such anchors act on the
-    background row only through their count D: each column j takes g_j = -(C_bg,j/eps + f_bg),
-    so they add D*exp(-f_bg) to the background row's sum. One virtual column of demand D that
-    only the background reaches reproduces that term, so the iterates equal the full
-    problem's, not only the limit. The exception is a gt with no candidate at all: its row is
-    +1e6 everywhere, and where its costs are flat (its predicted boxes miss it) it can also
-    reach anchors outside `keep`; benchmarks/assigner.py counts the few anchors that differ.
-    keep (B, A) bool -> supplier (B, A), marginal error.
-    """
-    B, M, A = cost.shape  # M = G+1 suppliers
-    K = max(int(keep.sum(dim=1).max()), 1)
-    # Kept anchors first (stable: in anchor order), padded to the batch's largest K.
-    order = torch.sort(keep.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :K]  # (B, K)
-    kept = keep.gather(1, order)  # (B, K) False = padding column
-    dropped = (A - keep.sum(dim=1)).to(cost.dtype)  # (B,)
-    cost_k = torch.cat((cost.gather(2, order[:, None, :].expand(B, M, K)), cost.new_zeros(B, M, 1)), dim=2)
-    demand = torch.cat((kept.to(cost.dtype), dropped[:, None]), dim=1)  # (B, K+1)
-    mask = torch.ones(B, M, K + 1, dtype=torch.bool, device=cost.device)
-    mask[:, :-1, K] = False  # the virtual column: background only
-    plan = sinkhorn(cost_k, supply, demand, eps=eps, iters=iters, mask=mask)  # (B, G+1, K+1)
-    marginal_error = ((plan.sum(dim=1) - demand).abs() * (demand > 0)).amax()
-    plan = plan[:, :, :K]
-    if rescale:
-        row_max = plan.amax(dim=2, keepdim=True)  # (B, G+1, 1)
-        # Each dropped anchor is wholly background (share 1), so the background row's max is 1.
-        row_max[:, -1, 0] = torch.where(dropped > 0, row_max[:, -1, 0].clamp(min=1.0), row_max[:, -1, 0])
-        plan = torch.where(row_max > 0, plan / row_max, plan)
-    supplier = torch.full((B, A), M - 1, dtype=torch.long, device=cost.device)  # background
-    supplier.scatter_(1, order, torch.where(kept, plan.argmax(dim=1), M - 1))
-    return supplier, marginal_error
+    if fixed_k is None:
+        # Sec. 3.3 dynamic k: each gt supplies as many labels as its top-q candidate IoUs sum to.
+        k = (ious * cand).topk(min(top_q, ious.shape[2]), dim=2).values.sum(dim=2).floor()  # (B, G)
+    else:
+        k = cand.sum(dim=2).clamp(max=fixed_k).float()  # a gt cannot fill more candidates than it has
+    k = k.clamp(min=1) * gt_mask  # (B, G); 0 for padding
+    # Eq. 4: background supplies the n - sum(k) units the gts do not.
+    supply = torch.cat((k, (A - k.sum(dim=1, keepdim=True)).clamp(min=0)), dim=1)  # (B, G+1)
+    solved = solve_kept(cost, supply, kept, A - keep.sum(dim=1), eps, iters, tol, rescale)
+    return _Columns(order, kept, ious, orphans, k, solved)
 
 
-def _all_background(B: int, A: int, C: int, device: torch.device) -> AssignResult:
+def _relative_cost(
+    cls_logits: Tensor, pred_boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, orphans: Tensor,
+    exclusion: float, iou_weight: float, iou_cost: str, focal: dict, eps: float,
+) -> Tensor:  # fmt: skip
+    """r_ij = (C_ij - C_bg,j)/eps at every anchor, as it stands outside the candidates -> (B, G, A).
+    The background cost cancels, so this needs no (B, A, C) work."""
+    ious = pairwise_iou(gt_boxes, pred_boxes)  # (B, G, A)
+    relative = relative_class_cost(cls_logits, gt_labels, **focal) + iou_weight * regression_cost(ious, gt_boxes, pred_boxes, iou_cost)
+    return (relative + exclusion * ~orphans[:, :, None]) / eps
+
+
+def _all_background(B: int, A: int, C: int, G: int, device: torch.device) -> AssignResult:
     """With no gts the background supplies every anchor: the exact OT solution, no solve needed."""
     zero = torch.zeros((), device=device)
+    stats = {
+        "num_pos": zero.long(), "num_gts": zero.long(), "mean_k": zero, "pos_per_gt": zero, "marginal_error": zero,
+        "num_ambiguous": zero.long(), "sinkhorn_iters": zero.long(), "compacted": zero, "dynamic_k": torch.zeros(B, G, device=device),
+    }  # fmt: skip
     return AssignResult(
         matched=torch.full((B, A), BACKGROUND, dtype=torch.long, device=device),
         labels=torch.full((B, A), C, dtype=torch.long, device=device),
         box_targets=torch.zeros(B, A, 4, device=device),
         iou_targets=torch.zeros(B, A, device=device),
-        stats={"num_pos": zero.long(), "num_gts": zero.long(), "mean_k": zero, "pos_per_gt": zero, "marginal_error": zero},
+        stats=stats,
     )

@@ -1,6 +1,6 @@
 """One training step of a real detector at 800x1333: float32 vs AMP (bf16, fp16 + GradScaler), optionally compiled.
 
-    python benchmarks/train_step.py --model ota_r50.yaml --batch 2 --iters 20     # needs a GPU for AMP
+    python benchmarks/amp_step.py --model ota_r50.yaml --batch 2 --iters 20     # needs a GPU for AMP
 
 Runs the trainer's own train_one_epoch over synthetic batches (random images, 10 random gts
 each, 800x1333 padded to 800x1344), so the step is exactly what `otadet train` does: forward
@@ -91,7 +91,7 @@ def main() -> None:
     opts = parser.parse_args()
     device = torch.device(opts.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"`python benchmarks/train_step.py --model {opts.model} --batch {opts.batch} --iters {opts.iters}` on {name}, torch {torch.__version__}\n")
+    print(f"`python benchmarks/amp_step.py --model {opts.model} --batch {opts.batch} --iters {opts.iters}` on {name}, torch {torch.__version__}\n")
     print("| mode | compiled | ms / iteration | images / s | peak memory (GiB) | head output dtype | GradScaler | mean loss |")
     print("|---|---|---|---|---|---|---|---|")
     for compiled in (False, True) if opts.compile else (False,):
