@@ -61,7 +61,8 @@ def otadet_backends(name: str, device: torch.device, threads: int, folder: Path)
     metadata = {"names": [f"class{i}" for i in range(80)], "model": name}
     LOGGER.info(f"{name}: exporting ONNX and TorchScript (NMS inside) ...")
     onnx_file = export_onnx(net, file=folder / f"{name}.onnx", imgsz=min(h, w), nms=NMS, metadata=metadata)
-    ts_file = export_torchscript(net, file=folder / f"{name}.torchscript", imgsz=min(h, w), nms=NMS, metadata=metadata)
+    # A traced archive keeps the device it was traced on (its anchor grid is a constant there).
+    ts_file = export_torchscript(net.to(device), file=folder / f"{name}.torchscript", imgsz=min(h, w), nms=NMS, metadata=metadata)
     images = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(device)
     graph = InferenceGraph(net.to(device), nms=NMS).eval()
     ort_model = ExportedModel(onnx_file, threads=threads).to(device)
