@@ -31,10 +31,12 @@ def targets_from_matches(
     )
 
 
-def all_background(B: int, A: int, C: int, device: torch.device) -> AssignResult:
-    """No gt in the batch: every anchor is background."""
+def all_background(B: int, A: int, C: int, device: torch.device, **extra_stats: Tensor) -> AssignResult:
+    """No gt in the batch: every anchor is background (for OTA the exact transport solution).
+    `extra_stats` adds an assigner's own statistics to the common ones."""
     zero = torch.zeros((), device=device)
     stats = {"num_pos": zero.long(), "num_gts": zero.long(), "mean_k": zero, "pos_per_gt": zero, "num_ambiguous": zero.long()}
+    stats |= extra_stats
     return AssignResult(
         matched=torch.full((B, A), BACKGROUND, dtype=torch.long, device=device),
         labels=torch.full((B, A), C, dtype=torch.long, device=device),

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ._boxes import pairwise_giou, pairwise_iou
 from ._prior import AMBIGUITY_RULES, CENTER_PRIORS, prior_candidates, resolve_ambiguous
+from ._result import all_background
 from ._transport import LEAK_TOL, Solved, kept_order, leak_bound, leaks, orphan_columns, solve_kept
 from ._types import BACKGROUND, AssignResult
 
@@ -158,7 +159,11 @@ def ota(
     cls_logits, pred_boxes, gt_boxes = cls_logits.float(), pred_boxes.float(), gt_boxes.float()
     device = cls_logits.device
     if G == 0 or not bool(gt_mask.any()):
-        return _all_background(B, A, C, G, device)
+        zero = torch.zeros((), device=device)
+        return all_background(
+            B, A, C, device, marginal_error=zero, sinkhorn_iters=zero.long(), compacted=zero,
+            dynamic_k=torch.zeros(B, G, device=device),
+        )  # fmt: skip
 
     candidates = prior_candidates(
         points, strides, gt_boxes, gt_mask, center_prior=center_prior, center_radius=center_radius,
@@ -316,19 +321,3 @@ def _relative_cost(
     ious = pairwise_iou(gt_boxes, pred_boxes)  # (B, G, A)
     relative = relative_class_cost(cls_logits, gt_labels, **focal) + iou_weight * regression_cost(ious, gt_boxes, pred_boxes, iou_cost)
     return (relative + exclusion * ~orphans[:, :, None]) / eps
-
-
-def _all_background(B: int, A: int, C: int, G: int, device: torch.device) -> AssignResult:
-    """With no gts the background supplies every anchor: the exact OT solution, no solve needed."""
-    zero = torch.zeros((), device=device)
-    stats = {
-        "num_pos": zero.long(), "num_gts": zero.long(), "mean_k": zero, "pos_per_gt": zero, "marginal_error": zero,
-        "num_ambiguous": zero.long(), "sinkhorn_iters": zero.long(), "compacted": zero, "dynamic_k": torch.zeros(B, G, device=device),
-    }  # fmt: skip
-    return AssignResult(
-        matched=torch.full((B, A), BACKGROUND, dtype=torch.long, device=device),
-        labels=torch.full((B, A), C, dtype=torch.long, device=device),
-        box_targets=torch.zeros(B, A, 4, device=device),
-        iou_targets=torch.zeros(B, A, device=device),
-        stats=stats,
-    )
