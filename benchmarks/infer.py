@@ -64,7 +64,7 @@ def otadet_backends(name: str, device: torch.device, threads: int, folder: Path)
     # A traced archive keeps the device it was traced on (its anchor grid is a constant there).
     ts_file = export_torchscript(net.to(device), file=folder / f"{name}.torchscript", imgsz=min(h, w), nms=NMS, metadata=metadata)
     images = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(device)
-    graph = InferenceGraph(net.to(device), nms=NMS).eval()
+    graph = InferenceGraph(net.to(device, memory_format=torch.channels_last), nms=NMS).eval()  # as Detector.predict runs it
     ort_model = ExportedModel(onnx_file, threads=threads).to(device)
     ts_model = ExportedModel(ts_file).to(device)
     LOGGER.info(f"onnxruntime providers: {', '.join(ort_model.providers)}")

@@ -90,7 +90,10 @@ class Detector:
 
     def _device(self, args: Args) -> torch.device:
         device = select_device(args.device)
-        self.net.to(device)
+        if isinstance(self.net, ExportedModel):
+            self.net.to(device)
+        else:  # channels_last: ~1.3x faster convolutions on the CPU (oneDNN) and on tensor cores
+            self.net.to(device, memory_format=torch.channels_last)
         return device
 
     def __repr__(self) -> str:
