@@ -199,16 +199,17 @@ def iter_predict(
                 t1 = _sync(device)
                 outputs = model(images)
                 t2 = _sync(device)
-                scores = dense_scores(outputs.cls_logits.float(), outputs.iou_logits.float())  # (B, A, C)
                 boxes = outputs.boxes.float()  # (B, A, 4)
                 sizes = torch.tensor(resized, dtype=boxes.dtype, device=boxes.device)  # (B, 2) h, w
-                detections = nms(
-                    boxes, scores, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk,
-                    classes=classes, image_sizes=sizes,
-                )  # fmt: skip
                 if augment:  # + 17 scaled/flipped passes, one NMS over all (engine/tta.py); timed as postprocess
                     kw = dict(conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk, classes=classes, plain=outputs)
                     detections = tta_detect(model, images, sizes, **kw)
+                else:
+                    scores = dense_scores(outputs.cls_logits.float(), outputs.iou_logits.float())  # (B, A, C)
+                    detections = nms(
+                        boxes, scores, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk,
+                        classes=classes, image_sizes=sizes,
+                    )  # fmt: skip
                 chunk_results = []
                 for item, (h, w), dets in zip(chunk, resized, detections):
                     orig_h, orig_w = item.image.shape[:2]

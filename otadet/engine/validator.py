@@ -165,15 +165,16 @@ def validate(
             t_pre = _sync(device)
             outputs = model(batch.images)
             t_infer = _sync(device)
-            scores = dense_scores(outputs.cls_logits, outputs.iou_logits)  # (B, A, C)
             sizes = input_sizes(batch.orig_sizes, batch.scales)  # (B, 2) h, w
-            kept = nms(
-                outputs.boxes, scores, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk,
-                image_sizes=sizes.to(outputs.boxes.dtype),
-            )  # fmt: skip
             if augment:  # + 17 scaled/flipped passes, one NMS over all (engine/tta.py); timed as postprocess
                 kw = dict(conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk, plain=outputs)
                 kept = tta_detect(model, batch.images, sizes, **kw)
+            else:
+                scores = dense_scores(outputs.cls_logits, outputs.iou_logits)  # (B, A, C)
+                kept = nms(
+                    outputs.boxes, scores, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk,
+                    image_sizes=sizes.to(outputs.boxes.dtype),
+                )  # fmt: skip
             for k, dets in enumerate(kept):
                 image_id = int(batch.image_ids[k])
                 if image_id in detections:  # an unreadable file makes the dataset repeat the next image
