@@ -9,6 +9,7 @@ Shapes: B=batch, A=anchor points (all FPN levels), G=gts (padded to the batch ma
 C=classes. Target convention: see otadet.assign._types.
 """
 
+import inspect
 import math
 from functools import partial
 from typing import NamedTuple
@@ -116,6 +117,7 @@ def ota(
     focal_gamma: float = 2.0,
     rescale_plan: bool = True,
     compact: bool = True,
+    bucket: bool = True,
 ) -> AssignResult:
     """Assign anchors to gts by optimal transport.
 
@@ -142,6 +144,10 @@ def ota(
         rescale_plan: divide each supplier's row by its max before the argmax (official code).
         compact: solve only over anchors some gt can reach (same assignment, faster); used
             when the exclusion cost is >= 1e6.
+        bucket: on the CPU, solve images of very different gt counts in separate groups, so
+            one crowded image does not pad every other image's problem to its size (each
+            image's problem is independent: the same assignment). CUDA keeps one batch, where
+            launches, not padding, cost time.
     A gt with no candidate at all (smaller than the point spacing: an "orphan") has +1e6 on
     every anchor, a constant shift of its row that changes no OT solution: it is dropped, so
     such a gt competes for every anchor and still gets its k = 1 positive.
@@ -155,6 +161,11 @@ def ota(
     _check_knobs(iou_cost, center_prior, ambiguity, prior_radius, fixed_k, top_q)
     B, A, C = cls_logits.shape
     G = gt_boxes.shape[1]
+    if bucket and B > 1 and cls_logits.device.type == "cpu":
+        groups = _buckets(gt_mask.sum(dim=1).tolist())
+        if len(groups) > 1:
+            knobs = {name: value for name, value in locals().items() if name in _KNOBS} | {"bucket": False}
+            return _assign_in_groups(groups, points, strides, cls_logits, pred_boxes, gt_boxes, gt_labels, gt_mask, knobs)
     # Assignment is done in float32 whatever the autocast state.
     cls_logits, pred_boxes, gt_boxes = cls_logits.float(), pred_boxes.float(), gt_boxes.float()
     device = cls_logits.device
@@ -250,6 +261,57 @@ def ota(
         "sinkhorn_iters": torch.tensor(out.solved.iters, device=device),
         "compacted": torch.tensor(float(not bool(keep.all())), device=device),
         "dynamic_k": out.k,
+    }
+    return AssignResult(matched, labels, box_targets, iou_targets, stats)
+
+
+_KNOBS = frozenset(
+    name for name, p in inspect.signature(ota).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+)
+
+
+def _buckets(counts: list[int], ratio: float = 4.0) -> list[list[int]]:
+    """Image indices grouped by gt count, largest first: an image joins the current group while
+    its G+1 rows are at least 1/ratio of the group's largest (padding then costs < ratio x)."""
+    order = sorted(range(len(counts)), key=lambda i: -counts[i])
+    groups = [[order[0]]]
+    for i in order[1:]:
+        if ratio * (counts[i] + 1) < counts[groups[-1][0]] + 1:
+            groups.append([i])
+        else:
+            groups[-1].append(i)
+    return groups
+
+
+def _assign_in_groups(groups, points, strides, cls_logits, pred_boxes, gt_boxes, gt_labels, gt_mask, knobs) -> AssignResult:
+    """`ota` over each group of images (gts trimmed to the group's most), merged into one batch result."""
+    B, A, C = cls_logits.shape
+    G = gt_boxes.shape[1]
+    device = cls_logits.device
+    matched = torch.empty(B, A, dtype=torch.long, device=device)
+    labels = torch.empty(B, A, dtype=torch.long, device=device)
+    box_targets = torch.empty(B, A, 4, device=device)
+    iou_targets = torch.empty(B, A, device=device)
+    dynamic_k = torch.zeros(B, G, device=device)
+    parts = []
+    for group in groups:
+        idx = torch.tensor(group, device=device)
+        g = max(int(gt_mask[idx].sum(dim=1).max()), 1)  # real gts come first in each row
+        part = ota(points, strides, cls_logits[idx], pred_boxes[idx], gt_boxes[idx, :g], gt_labels[idx, :g], gt_mask[idx, :g], **knobs)
+        matched[idx], labels[idx], box_targets[idx], iou_targets[idx] = part.matched, part.labels, part.box_targets, part.iou_targets
+        dynamic_k[idx, :g] = part.stats["dynamic_k"]
+        parts.append(part.stats)
+    num_gts, num_pos = gt_mask.sum(), (matched >= 0).sum()
+    stats = {
+        "num_pos": num_pos,
+        "num_gts": num_gts,
+        "mean_k": dynamic_k.sum() / num_gts.clamp(min=1),
+        "pos_per_gt": num_pos / num_gts.clamp(min=1),
+        "marginal_error": torch.stack([p["marginal_error"] for p in parts]).amax(),
+        "num_ambiguous": torch.stack([p["num_ambiguous"] for p in parts]).sum(),
+        "sinkhorn_iters": torch.stack([p["sinkhorn_iters"] for p in parts]).amax(),
+        "compacted": torch.stack([p["compacted"] for p in parts]).amax(),  # 1 if any group solved compacted
+        "dynamic_k": dynamic_k,
     }
     return AssignResult(matched, labels, box_targets, iou_targets, stats)
 

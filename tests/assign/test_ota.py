@@ -249,3 +249,24 @@ def test_compaction_gives_the_same_assignment_as_all_anchors(seed=0):
         for i in range(2):  # with the default knobs every real gt, orphans included, gets a positive
             n = len(scenes[i][2])
             assert knobs or set(full.matched[i][full.matched[i] >= 0].tolist()) == set(range(n))
+
+
+def test_bucketing_images_by_gt_count_changes_no_assignment():
+    """A crowded image solved apart from sparse ones (bucket=True, the CPU default) = one padded batch."""
+    gen = torch.Generator().manual_seed(3)
+    points, strides = fcos_points(384, 512)
+    counts = [(60, True), (4, False), (6, False), (0, False), (5, True)]
+    batch = pad_batch([random_scene(gen, n, points, strides, 5, 384, 512, crowded=c) for n, c in counts])
+    import importlib
+
+    assert len(importlib.import_module("otadet.assign.ota")._buckets(batch[4].sum(1).tolist())) > 1  # it does split
+    one = ota(points, strides, *batch, bucket=False)
+    grouped = ota(points, strides, *batch, bucket=True)
+    assert torch.equal(one.matched, grouped.matched)
+    assert torch.equal(one.labels, grouped.labels)
+    torch.testing.assert_close(one.box_targets, grouped.box_targets)
+    torch.testing.assert_close(one.iou_targets, grouped.iou_targets)
+    for key in ("num_pos", "num_gts", "num_ambiguous"):
+        assert int(one.stats[key]) == int(grouped.stats[key]), key
+    torch.testing.assert_close(one.stats["dynamic_k"], grouped.stats["dynamic_k"])
+    torch.testing.assert_close(one.stats["mean_k"], grouped.stats["mean_k"])
