@@ -4,10 +4,13 @@
 
 The reference is tests/assign/test_ota.py::reference_ota, written the official code's way
 (one image at a time, every anchor, a (G, A, C) one-hot focal cost, u/v Sinkhorn). The
-batched assigner is otadet.assign.ota with its defaults (50 iterations, eps 0.1). Inputs
+batched assigner is otadet.assign.ota with its defaults (50 iterations, eps 0.1; on the CPU
+its Sinkhorn runs over the (gt, candidate) pairs, `sparse=True`); the "dense solve" column is
+the same assigner with sparse=False (a padded (G+1, K) Sinkhorn, the CUDA path). Inputs
 mimic training: FCOS points of an 800x1333 image, boxes predicted around every point, gts of
 many sizes (CrowdHuman-like ones clustered). The same run checks the assignments: anchors
-the two agree on, and the compacted solve against ota(compact=False), which must be equal.
+the two agree on, the compacted solve against ota(compact=False) and the sparse solve against
+the dense one, which must be equal.
 Peak memory: CUDA max_memory_allocated on a GPU; on the CPU the process's peak resident set
 growth (VmHWM after a reset through /proc/self/clear_refs, Linux only; pages freed by an
 earlier case can hide part of a later one's growth, so treat CPU figures as lower bounds).
@@ -79,9 +82,9 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
     print(f"torch {torch.__version__}, {name}")
     print(f"command: python benchmarks/assigner.py --device {args.device} --repeat {args.repeat} --threads {args.threads}\n")
-    print("| batch | anchors | reference img/s | batched img/s | speed-up | reference peak MiB | batched peak MiB | "
-          "anchors alike (vs reference) | compacted = all anchors |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| batch | anchors | reference img/s | batched img/s | speed-up | dense solve img/s | reference peak MiB | "
+          "batched peak MiB | anchors alike (vs reference) | compacted = all anchors | sparse = dense |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for case, (height, width, counts, crowded, classes) in CASES.items():
         gen = torch.Generator().manual_seed(0)
         points, strides = fcos_points(height, width)
@@ -97,16 +100,20 @@ def main() -> None:
         # Batched first: on the CPU the resident-set growth of the second measured can hide in pages the first freed.
         t_ota, mem_ota, result = measure(lambda: ota(points, strides, *batch), device, args.repeat)
         t_ref, mem_ref, ref = measure(per_image, device, args.repeat)
+        t_dense, _, dense = measure(lambda: ota(points, strides, *batch, sparse=False), device, args.repeat)
         full = ota(points, strides, *batch, compact=False)
         alike = torch.stack([result.matched[i] == r for i, r in enumerate(ref)]).float().mean().item()
         exact = "yes" if torch.equal(full.matched, result.matched) and bool(result.stats["compacted"]) else "NO"
+        same = "yes" if torch.equal(dense.matched, result.matched) else "NO"
+        if device.type == "cuda":
+            same = "(dense on CUDA)"
         B = len(counts)
 
         def mib(x):
             return "n/a" if x is None else f"{x:.0f}"
 
-        print(f"| {case} | {points.shape[0]} | {B / t_ref:.2f} | {B / t_ota:.1f} | **{t_ref / t_ota:.0f}x** | "
-              f"{mib(mem_ref)} | {mib(mem_ota)} | {alike:.4%} | {exact} |")  # fmt: skip
+        print(f"| {case} | {points.shape[0]} | {B / t_ref:.2f} | {B / t_ota:.1f} | **{t_ref / t_ota:.0f}x** | {B / t_dense:.1f} | "
+              f"{mib(mem_ref)} | {mib(mem_ota)} | {alike:.4%} | {exact} | {same} |")  # fmt: skip
 
 
 if __name__ == "__main__":

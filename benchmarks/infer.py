@@ -12,6 +12,13 @@ included. All weights are random (nothing is downloaded); batch 1. Prints the me
 per image over --runs rounds after 3 warm-up rounds (each round runs every model and backend
 once, in turn, so load changes reach all alike), and the ratios against the targets
 (ONNX Runtime / eager <= 0.7, ota_r50 eager / FCOS <= 1.0).
+
+The floor table (CPU): onnxruntime's own profiler splits its time by operator; the
+convolutions' share, over the model's convolution FLOPs (torch.utils.flop_counter), gives the
+rate ORT's convolutions run at, next to the rate of one large 3x3 convolution alone in PyTorch
+(256 -> 256 channels at 100x168, a P3 head layer at 800x1344: the best this CPU does).
+ORT conv time / eager time is the lowest ORT / eager ratio reachable if everything but the
+convolutions cost nothing.
 """
 
 import argparse
@@ -71,6 +78,54 @@ def otadet_backends(name: str, device: torch.device, threads: int, folder: Path)
     return {"eager": lambda: graph(images), "torchscript": lambda: ts_model.run(images), "onnxruntime": lambda: ort_model.run(images)}
 
 
+def conv_gflop(name: str) -> float:
+    """GFLOPs of the convolutions in one forward of `name` at its benchmark size."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    h, w = SIZES[name]
+    net = build_detector(load_model_config(f"{name}.yaml"), 80).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros(1, 3, h, w))
+    counts = counter.get_flop_counts()["Global"]
+    return sum(n for op, n in counts.items() if "convolution" in str(op)) / 1e9
+
+
+def ort_conv_ms(onnx_file: Path, name: str, threads: int, runs: int) -> float:
+    """Mean ms per run that onnxruntime's profiler puts on convolution kernels (Conv, FusedConv, NCHWc Conv)."""
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.enable_profiling = True
+    options.profile_file_prefix = str(onnx_file.with_suffix(""))
+    session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: np.zeros((1, 3, *SIZES[name]), np.float32)}
+    for _ in range(runs):
+        session.run(None, feed)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    conv_us = sum(
+        e["dur"] for e in events
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and "Conv" in e["args"].get("op_name", "")
+    )  # fmt: skip
+    return conv_us / 1000 / runs
+
+
+def lone_conv_gflops(device: torch.device) -> float:
+    """GFLOP/s of one 3x3 256->256 convolution at 100x168 (channels_last), best of 5."""
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1).to(device, memory_format=torch.channels_last).eval()
+    x = torch.randn(1, 256, 100, 168, device=device).contiguous(memory_format=torch.channels_last)
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(6):
+            start = time.perf_counter()
+            conv(x)
+            best = min(best, time.perf_counter() - start)
+    return 2 * 100 * 168 * 256 * 256 * 9 / best / 1e9
+
+
 def fcos_backend(device: torch.device):
     from torchvision.models.detection import fcos_resnet50_fpn
 
@@ -90,11 +145,13 @@ def main() -> None:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     names = args.models.split(",")
-    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-        fns = {(name, backend): fn for name in names for backend, fn in otadet_backends(name, device, args.threads, Path(tmp)).items()}
+    tmp = tempfile.TemporaryDirectory()
+    with torch.no_grad():
+        fns = {(name, backend): fn for name in names for backend, fn in otadet_backends(name, device, args.threads, Path(tmp.name)).items()}
         fns[("fcos", "eager")] = fcos_backend(device)
         LOGGER.info(f"timing {len(fns)} model/backend pairs, interleaved, {WARMUP} + {args.runs} rounds ...")
         ms = _interleaved_medians(fns, args.runs, device)
+    files = {name: Path(tmp.name) / f"{name}.onnx" for name in names}
 
     print(f"\n`python benchmarks/infer.py --device {args.device} --runs {args.runs} --threads {args.threads} --models {args.models}`")
     print(f"torch {torch.__version__}, device {device}, {args.threads} threads, batch 1, median of {args.runs} runs\n")
@@ -107,6 +164,14 @@ def main() -> None:
     print(f"| torchvision fcos_resnet50_fpn | 800x1333 (padded 800x1344) | {ms[('fcos', 'eager')]:.1f} | - | - | - |")
     if "ota_r50" in names:
         print(f"\nota_r50 eager / torchvision FCOS eager: {ms[('ota_r50', 'eager')] / ms[('fcos', 'eager')]:.2f} (target <= 1.0)")
+    if device.type == "cpu":
+        print(f"\nOne 3x3 256->256 convolution at 100x168 alone in PyTorch: {lone_conv_gflops(device):.0f} GFLOP/s\n")
+        print("| model | conv GFLOP | ORT conv time (ms) | ORT conv GFLOP/s | ORT / eager if only the convolutions cost |")
+        print("|---|---|---|---|---|")
+        for name in names:
+            gflop, conv_ms = conv_gflop(name), ort_conv_ms(files[name], name, args.threads, max(5, args.runs // 4))
+            print(f"| {name} | {gflop:.1f} | {conv_ms:.1f} | {gflop / conv_ms * 1e3:.0f} | {conv_ms / ms[(name, 'eager')]:.2f} |")
+    tmp.cleanup()
 
 
 if __name__ == "__main__":

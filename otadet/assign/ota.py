@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ._boxes import pairwise_giou, pairwise_iou
 from ._prior import AMBIGUITY_RULES, CENTER_PRIORS, prior_candidates, resolve_ambiguous
 from ._result import all_background
+from ._sparse import solve_support
 from ._transport import LEAK_TOL, Solved, kept_order, leak_bound, leaks, orphan_columns, solve_kept
 from ._types import BACKGROUND, AssignResult
 
@@ -38,8 +39,12 @@ def focal_terms(logits: Tensor, *, alpha: float, gamma: float) -> tuple[Tensor, 
     """
     p = torch.sigmoid(logits)
     positive = alpha * (1 - p).pow(gamma) * F.softplus(-logits)
-    negative = (1 - alpha) * p.pow(gamma) * F.softplus(logits)
-    return positive, negative
+    return positive, negative_focal_term(logits, p, alpha=alpha, gamma=gamma)
+
+
+def negative_focal_term(logits: Tensor, p: Tensor, *, alpha: float, gamma: float) -> Tensor:
+    """(1-alpha) p^gamma softplus(x): the focal loss of each logit for target 0, p = sigmoid(logits)."""
+    return (1 - alpha) * p.pow(gamma) * F.softplus(logits)
 
 
 def classification_costs(
@@ -53,7 +58,8 @@ def classification_costs(
 
     cls_logits (B, N, C), gt_labels (B, G) -> (gt_cost (B, G, N), background_cost (B, N)).
     """
-    background_cost = focal_terms(cls_logits, alpha=alpha, gamma=gamma)[1].sum(dim=-1)  # (B, N)
+    # The (B, N, C) pass: the negative terms only (the positive ones are needed at the gt classes only).
+    background_cost = negative_focal_term(cls_logits, torch.sigmoid(cls_logits), alpha=alpha, gamma=gamma).sum(dim=-1)  # (B, N)
     return background_cost[:, None, :] + relative_class_cost(cls_logits, gt_labels, alpha=alpha, gamma=gamma), background_cost
 
 
@@ -118,6 +124,7 @@ def ota(
     rescale_plan: bool = True,
     compact: bool = True,
     bucket: bool = True,
+    sparse: bool = True,
 ) -> AssignResult:
     """Assign anchors to gts by optimal transport.
 
@@ -148,6 +155,10 @@ def ota(
             one crowded image does not pad every other image's problem to its size (each
             image's problem is independent: the same assignment). CUDA keeps one batch, where
             launches, not padding, cost time.
+        sparse: on the CPU, run Sinkhorn over the (gt, candidate) pairs and the background row
+            only, the batch flattened into one problem (_sparse; the dense solve's iterates up to
+            float rounding, O(pairs) per iteration instead of O(G*K)); used when the exclusion
+            cost is >= 1e6. CUDA keeps the dense compiled solve.
     A gt with no candidate at all (smaller than the point spacing: an "orphan") has +1e6 on
     every anchor, a constant shift of its row that changes no OT solution: it is dropped, so
     such a gt competes for every anchor and still gets its k = 1 positive.
@@ -155,7 +166,8 @@ def ota(
         AssignResult. stats, 0-dim: num_pos, num_gts, mean_k, pos_per_gt, marginal_error (max
         |column sum - 1| of the plan), num_ambiguous (N_amb: anchors whose largest share of
         their unit, max_i pi_ij / sum_i pi_ij, is < 0.9; such an anchor necessarily receives
-        >= 0.1 foreground mass), sinkhorn_iters, compacted (1 if the compacted solve was used).
+        >= 0.1 foreground mass), sinkhorn_iters, compacted (1 if the compacted solve was used),
+        sparse (1 if the sparse solve was used).
         Not 0-dim: dynamic_k (B, G) the k of every gt (0 for padding).
     """
     _check_knobs(iou_cost, center_prior, ambiguity, prior_radius, fixed_k, top_q)
@@ -172,7 +184,7 @@ def ota(
     if G == 0 or not bool(gt_mask.any()):
         zero = torch.zeros((), device=device)
         return all_background(
-            B, A, C, device, marginal_error=zero, sinkhorn_iters=zero.long(), compacted=zero,
+            B, A, C, device, marginal_error=zero, sinkhorn_iters=zero.long(), compacted=zero, sparse=zero,
             dynamic_k=torch.zeros(B, G, device=device),
         )  # fmt: skip
 
@@ -182,18 +194,32 @@ def ota(
     )  # fmt: skip  (B, G, A)
     exclusion = non_candidate_cost if center_prior == "official" else prior_cost
     focal = dict(alpha=focal_alpha, gamma=focal_gamma)
-    solve = partial(
+    solve_columns = partial(
         _solve_columns, cls_logits, pred_boxes, gt_boxes, gt_labels, gt_mask, candidates, exclusion=exclusion,
         iou_weight=iou_weight, iou_cost=iou_cost, ambiguity=ambiguity, top_q=top_q, fixed_k=fixed_k, focal=focal,
         eps=eps, iters=iters, tol=tol, rescale=rescale_plan,
     )  # fmt: skip
+    most_negative = (1 - focal_alpha) * F.softplus(cls_logits.amax())  # bounds any one class's negative term
+    sparse = sparse and device.type == "cpu" and exclusion >= HARD_EXCLUSION
+
+    def solve(keep: Tensor) -> "_Columns":
+        nonlocal sparse
+        out = solve_columns(keep, sparse=sparse)
+        if sparse:
+            # The support leaves out each gt's non-candidates, kept or dropped (fewer than A): a gt
+            # sends each at most exp(f_i - f_bg - r_ij), r_ij >= (exclusion - most_negative)/eps.
+            bound = out.f[:, :-1] - out.f[:, -1:] + (most_negative - exclusion) / eps + math.log(A)  # (B, G)
+            if not bool(bound.masked_fill(out.orphans | ~gt_mask, float("-inf")).amax() <= math.log(LEAK_TOL)):
+                sparse = False  # not certified (e.g. no background supply): the dense solve from here on
+                out = solve_columns(keep, sparse=False)
+        return out
+
     every = torch.ones(B, A, dtype=torch.bool, device=device)
     # Compaction (see _transport): solve over the candidates only, when non-candidates are truly excluded.
     keep = candidates.any(dim=1) if compact and exclusion >= HARD_EXCLUSION else every  # (B, A)
     costs = dict(exclusion=exclusion, iou_weight=iou_weight, iou_cost=iou_cost, focal=focal, eps=eps)
     relative = None  # (B, G, A) r_ij = (C_ij - C_bg,j)/eps at every anchor, built only when needed
     orphan_rows = None  # (B, O) indices of the orphan gts, (B, O) real, (B, O, A) their r_ij
-    most_negative = (1 - focal_alpha) * F.softplus(cls_logits.amax())  # bounds any one class's negative term
 
     def add_orphan_columns(orphans: Tensor, keep: Tensor):
         index, real = kept_order(orphans)  # (B, O)
@@ -215,7 +241,8 @@ def ota(
         # Certificate, cheap form for the gts with candidates: outside them r_ij >= (exclusion - most_negative)/eps.
         dropped = (A - keep.sum(dim=1)).clamp(min=1).float().log()  # (B,)
         cheap = out.f[:, :-1] - out.f[:, -1:] + (most_negative - exclusion) / eps + dropped[:, None]  # (B, G)
-        if relative is None and bool(cheap.masked_fill(out.orphans, float("-inf")).amax() > math.log(LEAK_TOL)):
+        cheap = cheap.masked_fill(out.orphans | ~gt_mask, float("-inf")).amax()
+        if relative is None and not bool(cheap <= math.log(LEAK_TOL)):  # NaN (no background supply) counts as a leak
             relative = _relative_cost(cls_logits, pred_boxes, gt_boxes, gt_labels, out.orphans, **costs)
         if relative is not None:
             bound = leak_bound(out.f, relative, keep)  # (B, G, A)
@@ -260,6 +287,7 @@ def ota(
         "num_ambiguous": out.solved.num_ambiguous,
         "sinkhorn_iters": torch.tensor(out.solved.iters, device=device),
         "compacted": torch.tensor(float(not bool(keep.all())), device=device),
+        "sparse": torch.tensor(float(sparse), device=device),
         "dynamic_k": out.k,
     }
     return AssignResult(matched, labels, box_targets, iou_targets, stats)
@@ -311,6 +339,7 @@ def _assign_in_groups(groups, points, strides, cls_logits, pred_boxes, gt_boxes,
         "num_ambiguous": torch.stack([p["num_ambiguous"] for p in parts]).sum(),
         "sinkhorn_iters": torch.stack([p["sinkhorn_iters"] for p in parts]).amax(),
         "compacted": torch.stack([p["compacted"] for p in parts]).amax(),  # 1 if any group solved compacted
+        "sparse": torch.stack([p["sparse"] for p in parts]).amin(),  # 1 if every group solved sparse
         "dynamic_k": dynamic_k,
     }
     return AssignResult(matched, labels, box_targets, iou_targets, stats)
@@ -336,7 +365,7 @@ class _Columns(NamedTuple):
 def _solve_columns(
     cls_logits: Tensor, pred_boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor, candidates: Tensor,
     keep: Tensor, *, exclusion: float, iou_weight: float, iou_cost: str, ambiguity: str, top_q: int,
-    fixed_k: int | None, focal: dict, eps: float, iters: int, tol: float | None, rescale: bool,
+    fixed_k: int | None, focal: dict, eps: float, iters: int, tol: float | None, rescale: bool, sparse: bool,
 ) -> _Columns:  # fmt: skip
     """Build the cost over the anchors in keep (B, A) only and solve OT there (Eqs. 4-7)."""
     B, A, C = cls_logits.shape
@@ -359,8 +388,10 @@ def _solve_columns(
         cand = resolve_ambiguous(cand, score)
     orphans = gt_mask & ~cand.any(dim=2)  # (B, G)
     # The centre prior: non-candidates pay `exclusion`; an orphan's would be a constant over its row: dropped.
-    cost = pair_cost + exclusion * (~cand & ~orphans[:, :, None])
-    cost = torch.cat((cost, background_cost[:, None, :]), dim=1)  # (B, G+1, K)
+    # The sparse solve leaves them out instead (their share is bounded by the caller).
+    if not sparse:
+        pair_cost = pair_cost + exclusion * (~cand & ~orphans[:, :, None])
+    cost = torch.cat((pair_cost, background_cost[:, None, :]), dim=1)  # (B, G+1, K)
 
     if fixed_k is None:
         # Sec. 3.3 dynamic k: each gt supplies as many labels as its top-q candidate IoUs sum to.
@@ -370,7 +401,12 @@ def _solve_columns(
     k = k.clamp(min=1) * gt_mask  # (B, G); 0 for padding
     # Eq. 4: background supplies the n - sum(k) units the gts do not.
     supply = torch.cat((k, (A - k.sum(dim=1, keepdim=True)).clamp(min=0)), dim=1)  # (B, G+1)
-    solved = solve_kept(cost, supply, kept, A - keep.sum(dim=1), eps, iters, tol, rescale)
+    dropped = A - keep.sum(dim=1)  # (B,)
+    if sparse:
+        support = torch.cat(((cand | orphans[:, :, None]), kept[:, None, :]), dim=1)  # (B, G+1, K)
+        solved = solve_support(cost, support, supply, kept, dropped, eps, iters, tol, rescale)
+    else:
+        solved = solve_kept(cost, supply, kept, dropped, eps, iters, tol, rescale)
     return _Columns(order, kept, ious, orphans, k, solved)
 
 
