@@ -16,7 +16,7 @@ import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from .assign import ASSIGNERS
 from .models.backbone import ARCHS, DCN_STAGES, NORMS, pretrained_file
@@ -107,7 +107,15 @@ _SECTIONS = {"backbone": BackboneConfig, "fpn": FPNConfig, "head": HeadConfig, "
 
 
 def _check_type(value: Any, expected: Any, key: str, where: str) -> Any:
-    """Validate one value against a field's type (a class or a `X | None` union); ints pass as floats."""
+    """Validate one value against a field's type (a class, a `X | None` union or a Literal of
+    allowed values); ints pass as floats."""
+    if get_origin(expected) is Literal:
+        allowed = get_args(expected)
+        if value not in allowed:
+            near = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"{where}: '{key}' must be one of {', '.join(map(repr, allowed))}, got {value!r}{hint}")
+        return value
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, bool) and expected in (int, float):

@@ -3,15 +3,19 @@
 Shapes: B=batch, A=anchor points (all FPN levels), G=gts (padded to the batch max).
 """
 
+from typing import Literal, get_args
+
 import torch
 from torch import Tensor
 
 from ._boxes import centre_candidates, nearest_per_level
 
-__all__ = ["CENTER_PRIORS", "AMBIGUITY_RULES", "prior_candidates", "resolve_ambiguous"]
+__all__ = ["CenterPrior", "AmbiguityRule", "CENTER_PRIORS", "AMBIGUITY_RULES", "prior_candidates", "resolve_ambiguous"]
 
-CENTER_PRIORS = ("official", "nearest")
-AMBIGUITY_RULES = ("none", "min_area", "max_iou", "min_loss")
+CenterPrior = Literal["official", "nearest"]
+AmbiguityRule = Literal["none", "min_area", "max_iou", "min_loss"]
+CENTER_PRIORS = get_args(CenterPrior)
+AMBIGUITY_RULES = get_args(AmbiguityRule)
 
 
 def prior_candidates(

@@ -12,14 +12,14 @@ C=classes. Target convention: see otadet.assign._types.
 import inspect
 import math
 from functools import partial
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import torch
 from torch import Tensor
 import torch.nn.functional as F
 
 from ._boxes import pairwise_giou, pairwise_iou
-from ._prior import AMBIGUITY_RULES, CENTER_PRIORS, prior_candidates, resolve_ambiguous
+from ._prior import AMBIGUITY_RULES, CENTER_PRIORS, AmbiguityRule, CenterPrior, prior_candidates, resolve_ambiguous
 from ._result import all_background
 from ._sparse import solve_support
 from ._transport import LEAK_TOL, Solved, kept_order, leak_bound, leaks, orphan_columns, solve_kept
@@ -27,7 +27,8 @@ from ._types import BACKGROUND, AssignResult
 
 __all__ = ["ota", "classification_costs", "focal_terms", "IOU_COSTS"]
 
-IOU_COSTS = ("log", "linear", "giou")
+IouCost = Literal["log", "linear", "giou"]  # string knobs are Literals: the config checks YAML values against them
+IOU_COSTS = get_args(IouCost)
 HARD_EXCLUSION = 1e6  # an extra cost this large excludes exactly (the official code's value)
 
 
@@ -106,8 +107,8 @@ def ota(
     gt_mask: Tensor,
     *,
     iou_weight: float = 1.5,
-    iou_cost: str = "log",
-    center_prior: str = "official",
+    iou_cost: IouCost = "log",
+    center_prior: CenterPrior = "official",
     center_radius: float = 2.5,
     candidate_margin: float = 0.01,
     non_candidate_cost: float = 1e6,
@@ -115,7 +116,7 @@ def ota(
     prior_cost: float = 1e6,
     top_q: int = 20,
     fixed_k: int | None = None,
-    ambiguity: str = "none",
+    ambiguity: AmbiguityRule = "none",
     eps: float = 0.1,
     iters: int = 50,
     tol: float | None = None,

@@ -310,6 +310,10 @@ def test_model_yaml_selects_an_assigner_and_checks_its_knobs():
         model_config_from_dict({"assigner": "simot"})
     with pytest.raises(ConfigError, match="scale_ranges"):
         model_config_from_dict({"assigner": {"name": "fcos", "scale_ranges": [0, "big"]}})
+    # String knobs are checked against the Literal in the assigner's signature when the YAML loads.
+    with pytest.raises(ConfigError, match=r"'assigner.iou_cost' must be one of 'log', 'linear', 'giou', got 'gio' \(did you mean 'giou'"):
+        model_config_from_dict({"assigner": {"name": "ota", "iou_cost": "gio"}})
+    assert model_config_from_dict({"assigner": {"name": "ota", "ambiguity": "min_area"}}).assigner["ambiguity"] == "min_area"
 
 
 def test_with_assigner_swaps_the_name_and_resets_the_knobs():
