@@ -116,6 +116,7 @@ def test_interrupted_run_resumes_exactly(sig, uninterrupted, train_data, tmp_pat
 def test_graceful_stop_second_signal():
     from otadet.engine.resume import GracefulStop
 
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}  # SIG_IGN when started in the background
     with GracefulStop(echo_window=2.0) as stop:
         assert signal.getsignal(signal.SIGTERM) == stop._handle
         assert not stop.requested(torch.device("cpu"))
@@ -125,4 +126,4 @@ def test_graceful_stop_second_signal():
         stop._first -= 3.0
         with pytest.raises(KeyboardInterrupt, match="second SIGINT"):
             stop._handle(signal.SIGINT, None)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert {sig: signal.getsignal(sig) for sig in before} == before  # handlers restored
