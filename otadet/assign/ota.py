@@ -12,13 +12,14 @@ C=classes. Target convention: see otadet.assign._types.
 import inspect
 import math
 from functools import partial
-from typing import Literal, NamedTuple, get_args
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 import torch.nn.functional as F
 
-from ._boxes import pairwise_giou, pairwise_iou
+from ._boxes import pairwise_iou
+from ._costs import IOU_COSTS, IouCost, classification_costs, focal_terms, relative_class_cost, regression_cost
 from ._prior import AMBIGUITY_RULES, CENTER_PRIORS, AmbiguityRule, CenterPrior, prior_candidates, resolve_ambiguous
 from ._result import all_background
 from ._sparse import solve_support
@@ -27,60 +28,7 @@ from ._types import BACKGROUND, AssignResult
 
 __all__ = ["ota", "classification_costs", "focal_terms", "IOU_COSTS"]
 
-IouCost = Literal["log", "linear", "giou"]  # string knobs are Literals: the config checks YAML values against them
-IOU_COSTS = get_args(IouCost)
 HARD_EXCLUSION = 1e6  # an extra cost this large excludes exactly (the official code's value)
-
-
-def focal_terms(logits: Tensor, *, alpha: float, gamma: float) -> tuple[Tensor, Tensor]:
-    """The focal loss of each logit for target 1 (positive) and target 0 (negative), elementwise.
-
-    As torchvision.ops.sigmoid_focal_loss, in fewer passes: with p = sigmoid(x),
-    positive = alpha (1-p)^gamma softplus(-x), negative = (1-alpha) p^gamma softplus(x).
-    """
-    p = torch.sigmoid(logits)
-    positive = alpha * (1 - p).pow(gamma) * F.softplus(-logits)
-    return positive, negative_focal_term(logits, p, alpha=alpha, gamma=gamma)
-
-
-def negative_focal_term(logits: Tensor, p: Tensor, *, alpha: float, gamma: float) -> Tensor:
-    """(1-alpha) p^gamma softplus(x): the focal loss of each logit for target 0, p = sigmoid(logits)."""
-    return (1 - alpha) * p.pow(gamma) * F.softplus(logits)
-
-
-def classification_costs(
-    cls_logits: Tensor, gt_labels: Tensor, *, alpha: float, gamma: float
-) -> tuple[Tensor, Tensor]:
-    """Focal cost of each anchor predicting each gt's one-hot target, and background.
-
-    The focal loss of a one-hot target summed over C classes equals the all-negative sum
-    (the background cost) minus the negative term at the gt's class plus the positive term
-    there, so the gt costs are (B, G, N) gathers, never a (B, G, N, C) tensor.
-
-    cls_logits (B, N, C), gt_labels (B, G) -> (gt_cost (B, G, N), background_cost (B, N)).
-    """
-    # The (B, N, C) pass: the negative terms only (the positive ones are needed at the gt classes only).
-    background_cost = negative_focal_term(cls_logits, torch.sigmoid(cls_logits), alpha=alpha, gamma=gamma).sum(dim=-1)  # (B, N)
-    return background_cost[:, None, :] + relative_class_cost(cls_logits, gt_labels, alpha=alpha, gamma=gamma), background_cost
-
-
-def relative_class_cost(cls_logits: Tensor, gt_labels: Tensor, *, alpha: float, gamma: float) -> Tensor:
-    """gt cost minus background cost: the positive minus the negative focal term at the gt's class.
-    cls_logits (B, N, C), gt_labels (B, G) -> (B, G, N)."""
-    B, N, _ = cls_logits.shape
-    index = gt_labels[:, :, None].expand(B, gt_labels.shape[1], N)  # (B, G, N)
-    positive, negative = focal_terms(cls_logits.transpose(1, 2).gather(1, index), alpha=alpha, gamma=gamma)
-    return positive - negative
-
-
-def regression_cost(ious: Tensor, gt_boxes: Tensor, pred_boxes: Tensor, form: str) -> Tensor:
-    """IoU loss of every predicted box (B, A, 4) for every gt (B, G, 4) -> (B, G, A).
-    'log': -log IoU (official code), 'linear': 1 - IoU, 'giou': 1 - GIoU."""
-    if form == "log":
-        return -torch.log(ious + 1e-8)
-    if form == "linear":
-        return 1.0 - ious
-    return 1.0 - pairwise_giou(gt_boxes, pred_boxes)
 
 
 def _check_knobs(iou_cost: str, center_prior: str, ambiguity: str, prior_radius: int, fixed_k: int | None, top_q: int) -> None:
