@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "assign"))
-from test_ota import fcos_points, pad_batch, random_scene, reference_ota  # noqa: E402  (the tests' generator and reference)
+from scenes import fcos_points, pad_batch, random_scene  # noqa: E402  (the tests' scene generator)
+from test_ota import reference_ota  # noqa: E402  (the tests' per-image reference)
 
 from otadet.assign import ota  # noqa: E402
 

@@ -10,6 +10,7 @@ match its reference exactly.
 """
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -22,47 +23,10 @@ from otadet.cli import parse_overrides
 from otadet.config import ConfigError, load_model_config, make_args, model_config_from_dict, with_assigner
 from otadet.criterion import build_criterion
 
-STRIDES = (8, 16, 32, 64, 128)
+from scenes import fcos_points as grid_points, pad_batch, random_scene as _scene
 
-
-def grid_points(height, width):
-    """Cell centres of P3-P7 for a height x width input, level by level (as the detector lays them out)."""
-    pts, st = [], []
-    for s in STRIDES:
-        h, w = -(-height // s), -(-width // s)
-        ys, xs = torch.meshgrid(torch.arange(h) * s + s // 2, torch.arange(w) * s + s // 2, indexing="ij")
-        pts.append(torch.stack((xs.flatten(), ys.flatten()), 1).float())
-        st.append(torch.full((h * w,), float(s)))
-    return torch.cat(pts), torch.cat(st)
-
-
-def random_scene(gen, num_gts, points, strides, *, num_classes=10, height=800, width=1333, crowded=False, tiny=0):
-    """Gts of many sizes (piled on a few centres when crowded, `tiny` of them under one stride),
-    boxes predicted around each point, low logits as a detector early in training."""
-    A = points.shape[0]
-    size = torch.exp(torch.empty(num_gts, 2).uniform_(2.0, 6.3, generator=gen))  # ~7..540 px
-    size[:tiny] = torch.empty(tiny, 2).uniform_(1.0, 7.0, generator=gen)
-    centre = torch.rand(num_gts, 2, generator=gen) * torch.tensor([width, height])
-    if crowded:
-        centre = centre[:3][torch.randint(0, 3, (num_gts,), generator=gen)] + torch.randn(num_gts, 2, generator=gen) * 30
-    gt = torch.cat((centre - size / 2, centre + size / 2), 1)
-    gt = torch.stack((gt[:, 0].clamp(0, width - 2), gt[:, 1].clamp(0, height - 2), gt[:, 2].clamp(2, width), gt[:, 3].clamp(2, height)), 1)
-    gt[:, 2:] = torch.maximum(gt[:, 2:], gt[:, :2] + 1)
-    ltrb = strides[:, None] * torch.exp(torch.randn(A, 4, generator=gen) * 0.6 + 1.0)
-    pred = torch.cat((points - ltrb[:, :2], points + ltrb[:, 2:]), 1)
-    logits = torch.randn(A, num_classes, generator=gen) * 1.5 - 4.0
-    labels = torch.randint(0, num_classes, (num_gts,), generator=gen)
-    return logits, pred, gt, labels
-
-
-def pad_batch(scenes):
-    B, G = len(scenes), max(s[2].shape[0] for s in scenes)
-    gt = torch.zeros(B, G, 4)
-    labels = torch.zeros(B, G, dtype=torch.long)
-    mask = torch.zeros(B, G, dtype=torch.bool)
-    for i, (_, _, g, lab) in enumerate(scenes):
-        gt[i, : len(g)], labels[i, : len(g)], mask[i, : len(g)] = g, lab, True
-    return torch.stack([s[0] for s in scenes]), torch.stack([s[1] for s in scenes]), gt, labels, mask
+# Scenes with a wider size range (7-540 px) and tighter crowds than the OTA tests'.
+random_scene = partial(_scene, log_size=(2.0, 6.3), spread=30.0, margin=2.0)
 
 
 # ----------------------------------------------------------------------------- references

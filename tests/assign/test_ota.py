@@ -12,6 +12,8 @@ from torchvision.ops import box_iou, generalized_box_iou, sigmoid_focal_loss
 
 from otadet.assign import BACKGROUND, ota
 
+from scenes import fcos_points, pad_batch, random_scene
+
 
 def reference_ota(
     points, strides, cls_logits, pred_boxes, gt_boxes, gt_labels, *, iou_weight=1.5, radius=2.5, q=20, eps=0.1,
@@ -77,46 +79,6 @@ def reference_ota(
     matched = pi.argmax(0)
     matched = torch.where(matched == G, BACKGROUND, matched)
     return (matched, mu[:-1], plan) if full else matched
-
-
-def fcos_points(height, width, strides=(8, 16, 32, 64, 128)):
-    pts, st = [], []
-    for s in strides:
-        h, w = -(-height // s), -(-width // s)
-        ys, xs = torch.meshgrid(torch.arange(h) * s + s // 2, torch.arange(w) * s + s // 2, indexing="ij")
-        pts.append(torch.stack((xs.flatten(), ys.flatten()), 1).float())
-        st.append(torch.full((h * w,), float(s)))
-    return torch.cat(pts), torch.cat(st)
-
-
-def random_scene(gen, num_gts, points, strides, num_classes, height=800, width=1333, crowded=False):
-    """Realistic inputs: gts of many sizes (clustered when crowded), boxes predicted around each point."""
-    A = points.shape[0]
-    size = torch.exp(torch.empty(num_gts, 2).uniform_(2.5, 6.0, generator=gen))  # ~12..400 px
-    centre = torch.rand(num_gts, 2, generator=gen) * torch.tensor([width, height])
-    if crowded:  # pile gts around a few centres so they overlap heavily
-        centre = centre[:3][torch.randint(0, 3, (num_gts,), generator=gen)] + torch.randn(num_gts, 2, generator=gen) * 40
-    gt = torch.cat((centre - size / 2, centre + size / 2), 1)
-    gt = torch.stack((gt[:, 0].clamp(0, width - 4), gt[:, 1].clamp(0, height - 4), gt[:, 2].clamp(4, width), gt[:, 3].clamp(4, height)), 1)
-    gt[:, 2:] = torch.maximum(gt[:, 2:], gt[:, :2] + 2)
-    ltrb = strides[:, None] * torch.exp(torch.randn(A, 4, generator=gen) * 0.6 + 1.0)
-    pred = torch.cat((points - ltrb[:, :2], points + ltrb[:, 2:]), 1)
-    logits = torch.randn(A, num_classes, generator=gen) * 1.5 - 4.0
-    labels = torch.randint(0, num_classes, (num_gts,), generator=gen)
-    return logits, pred, gt, labels
-
-
-def pad_batch(scenes):
-    G = max(s[2].shape[0] for s in scenes)
-    B = len(scenes)
-    gt = torch.zeros(B, G, 4)
-    labels = torch.zeros(B, G, dtype=torch.long)
-    mask = torch.zeros(B, G, dtype=torch.bool)
-    for i, (_, _, g, lab) in enumerate(scenes):
-        gt[i, : len(g)], labels[i, : len(g)], mask[i, : len(g)] = g, lab, True
-    logits = torch.stack([s[0] for s in scenes])
-    pred = torch.stack([s[1] for s in scenes])
-    return logits, pred, gt, labels, mask
 
 
 @pytest.mark.parametrize("counts,crowded,classes", [((1, 7, 25), False, 20), ((100, 12), True, 20), ((300,), True, 3)])

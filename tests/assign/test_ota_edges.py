@@ -2,7 +2,7 @@
 ignore regions. Each result must be finite and follow the target convention."""
 
 import torch
-from test_ota import fcos_points, pad_batch, random_scene
+from scenes import fcos_points, pad_batch, random_scene
 
 from otadet.assign import BACKGROUND, IGNORE, ota
 from otadet.assign._types import mark_ignored

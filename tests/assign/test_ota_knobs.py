@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from test_ota import fcos_points, pad_batch, random_scene, reference_ota, tiny_grid
+from scenes import fcos_points, pad_batch, random_scene
+from test_ota import reference_ota, tiny_grid
 from torchvision.ops import box_iou, generalized_box_iou
 
 from otadet.assign import ota
