@@ -5,7 +5,8 @@ from .coco import CocoDetection
 from .crowdhuman import CrowdHumanDetection, read_odgt
 from .data_yaml import DataError, DataSpec, load_data
 from .loader import Batch, build_dataloader, build_dataset, collate
-from .shapes import SHAPES_CLASSES, generate_shapes, shapes_stats
+from .shapes import SHAPES_CLASSES, generate_shapes
+from .shapes_stats import shapes_stats
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, to_tensor_normalized
 from .yolo import YoloDetection
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from otadet.datasets import shapes
-from otadet.datasets.shapes import SHAPES_CLASSES, Scene, generate_shapes, render_image, shapes_stats
+from otadet.datasets.shapes import SHAPES_CLASSES, Scene, generate_shapes, render_image
+from otadet.datasets.shapes_stats import shapes_stats
 
 
 def _files(root):
