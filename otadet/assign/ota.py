@@ -151,16 +151,20 @@ def ota(
     most_negative = (1 - focal_alpha) * F.softplus(cls_logits.amax())  # bounds any one class's negative term
     sparse = sparse and device.type == "cpu" and exclusion >= HARD_EXCLUSION
 
-    def solve(keep: Tensor) -> "_Columns":
+    def outside_bound(out: _Columns, log_count: float | Tensor) -> Tensor:
+        """Log of a bound on the mass any gt with candidates sends to `count` of its non-candidates:
+        at most exp(f_i - f_bg - r_ij) each, r_ij >= (exclusion - most_negative)/eps. NaN when the
+        background supplies nothing (f_bg = -inf): no bound."""
+        bound = out.f[:, :-1] - out.f[:, -1:] + (most_negative - exclusion) / eps + log_count  # (B, G)
+        return bound.masked_fill(out.orphans | ~gt_mask, float("-inf")).amax()
+
+    def solve(keep: Tensor) -> _Columns:
         nonlocal sparse
         out = solve_columns(keep, sparse=sparse)
-        if sparse:
-            # The support leaves out each gt's non-candidates, kept or dropped (fewer than A): a gt
-            # sends each at most exp(f_i - f_bg - r_ij), r_ij >= (exclusion - most_negative)/eps.
-            bound = out.f[:, :-1] - out.f[:, -1:] + (most_negative - exclusion) / eps + math.log(A)  # (B, G)
-            if not bool(bound.masked_fill(out.orphans | ~gt_mask, float("-inf")).amax() <= math.log(LEAK_TOL)):
-                sparse = False  # not certified (e.g. no background supply): the dense solve from here on
-                out = solve_columns(keep, sparse=False)
+        # The support leaves out each gt's non-candidates, kept or dropped: fewer than A of them.
+        if sparse and not bool(outside_bound(out, math.log(A)) <= math.log(LEAK_TOL)):
+            sparse = False  # not certified (e.g. no background supply): the dense solve from here on
+            out = solve_columns(keep, sparse=False)
         return out
 
     every = torch.ones(B, A, dtype=torch.bool, device=device)
@@ -187,10 +191,9 @@ def ota(
             orphans = out.orphans
             orphan_rows, keep = add_orphan_columns(orphans, keep)
             out = solve(keep)
-        # Certificate, cheap form for the gts with candidates: outside them r_ij >= (exclusion - most_negative)/eps.
+        # Certificate, cheap form for the gts with candidates, over the dropped anchors.
         dropped = (A - keep.sum(dim=1)).clamp(min=1).float().log()  # (B,)
-        cheap = out.f[:, :-1] - out.f[:, -1:] + (most_negative - exclusion) / eps + dropped[:, None]  # (B, G)
-        cheap = cheap.masked_fill(out.orphans | ~gt_mask, float("-inf")).amax()
+        cheap = outside_bound(out, dropped[:, None])
         if relative is None and not bool(cheap <= math.log(LEAK_TOL)):  # NaN (no background supply) counts as a leak
             relative = _relative_cost(cls_logits, pred_boxes, gt_boxes, gt_labels, out.orphans, **costs)
         if relative is not None:
