@@ -12,11 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from otadet.config import load_model_config
 from otadet.engine.predictor import predict, resolve_sources
 from otadet.engine.results import Boxes, Results, class_colour
-from otadet.models.build import build_detector
 from otadet.models.detector import DenseOutputs
+from tiny_run import perturbed_tiny
 from otadet.utils.log import LOGGER
 
 CPU = torch.device("cpu")
@@ -40,14 +39,7 @@ def image_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model() -> nn.Module:
-    """ota_tiny with random weights, deterministically perturbed so that scores vary."""
-    torch.manual_seed(0)
-    net = build_detector(load_model_config("ota_tiny"), 3)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn(p.shape, generator=generator) * 0.05)
-    return net.eval()
+    return perturbed_tiny()
 
 
 def _run(model, source, **kw):

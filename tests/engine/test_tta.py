@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from otadet.config import load_model_config
 from otadet.datasets.data_yaml import load_data
 from otadet.datasets.loader import build_dataloader
 from otadet.datasets.shapes import generate_shapes
@@ -21,6 +20,7 @@ from otadet.engine.tta import TTA_RATIOS, TTAPass, augmented_dense, resize_batch
 from otadet.engine.validator import input_sizes, validate
 from otadet.models.build import build_detector
 from otadet.models.detector import DenseOutputs
+from tiny_run import perturbed_tiny
 from otadet.postprocess import dense_scores, nms
 
 CPU = torch.device("cpu")
@@ -107,14 +107,7 @@ def test_bright_square_is_found_in_the_input_frame():
 
 @pytest.fixture(scope="module")
 def tiny() -> nn.Module:
-    """ota_tiny with random weights, deterministically perturbed so that scores and boxes vary."""
-    torch.manual_seed(0)
-    net = build_detector(load_model_config("ota_tiny"), 3)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn(p.shape, generator=generator) * 0.05)
-    return net.eval()
+    return perturbed_tiny()
 
 
 def _mirror(dets: torch.Tensor, width: float) -> torch.Tensor:
