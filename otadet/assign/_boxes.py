@@ -21,8 +21,10 @@ __all__ = [
 ]
 
 
-def pairwise_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-9) -> Tensor:
-    """IoU of every box in boxes1 (..., G, 4) with every box in boxes2 (..., A, 4) -> (..., G, A). xyxy."""
+def _pairwise_overlap(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Intersection and union areas of every box in boxes1 (..., G, 4) with every box in boxes2
+    (..., A, 4), xyxy -> inter (..., G, A), union (..., G, A), and the broadcast views
+    b1 (..., G, 1, 4), b2 (..., 1, A, 4)."""
     b1 = boxes1[..., :, None, :]  # (..., G, 1, 4)
     b2 = boxes2[..., None, :, :]  # (..., 1, A, 4)
     w = (b1[..., 2].minimum(b2[..., 2]) - b1[..., 0].maximum(b2[..., 0])).clamp_(min=0)
@@ -30,7 +32,13 @@ def pairwise_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-9) -> Tensor:
     inter = w * h  # (..., G, A)
     area1 = (b1[..., 2] - b1[..., 0]) * (b1[..., 3] - b1[..., 1])
     area2 = (b2[..., 2] - b2[..., 0]).clamp(min=0) * (b2[..., 3] - b2[..., 1]).clamp(min=0)
-    return inter / (area1 + area2 - inter + eps)
+    return inter, area1 + area2 - inter, b1, b2
+
+
+def pairwise_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-9) -> Tensor:
+    """IoU of every box in boxes1 (..., G, 4) with every box in boxes2 (..., A, 4) -> (..., G, A). xyxy."""
+    inter, union, _, _ = _pairwise_overlap(boxes1, boxes2)
+    return inter / (union + eps)
 
 
 def near_centre(points: Tensor, strides: Tensor, boxes: Tensor, *, radius: float) -> Tensor:
@@ -90,14 +98,7 @@ def square_boxes(points: Tensor, sides: Tensor) -> Tensor:
 def pairwise_giou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-9) -> Tensor:
     """Generalised IoU (as torchvision.ops.generalized_box_iou, batched) of boxes1 (..., G, 4)
     with boxes2 (..., A, 4) -> (..., G, A). xyxy."""
-    b1 = boxes1[..., :, None, :]  # (..., G, 1, 4)
-    b2 = boxes2[..., None, :, :]  # (..., 1, A, 4)
-    w = (b1[..., 2].minimum(b2[..., 2]) - b1[..., 0].maximum(b2[..., 0])).clamp_(min=0)
-    h = (b1[..., 3].minimum(b2[..., 3]) - b1[..., 1].maximum(b2[..., 1])).clamp_(min=0)
-    inter = w * h  # (..., G, A)
-    area1 = (b1[..., 2] - b1[..., 0]) * (b1[..., 3] - b1[..., 1])
-    area2 = (b2[..., 2] - b2[..., 0]).clamp(min=0) * (b2[..., 3] - b2[..., 1]).clamp(min=0)
-    union = area1 + area2 - inter
+    inter, union, b1, b2 = _pairwise_overlap(boxes1, boxes2)
     hull = (b1[..., 2].maximum(b2[..., 2]) - b1[..., 0].minimum(b2[..., 0])) * (
         b1[..., 3].maximum(b2[..., 3]) - b1[..., 1].minimum(b2[..., 1])
     )  # (..., G, A) area of the smallest enclosing box
