@@ -134,3 +134,16 @@ def test_early_stop_meets_its_tolerance():
     assert tight.stats["marginal_error"] < 1e-4 < fixed.stats["marginal_error"]
     assert 50 < tight.stats["sinkhorn_iters"] < 1000
     assert (tight.matched == fixed.matched).float().mean() >= 0.999
+
+
+def test_early_stop_judges_the_dropped_anchors_per_anchor():
+    # Compaction folds the ~22k anchors no gt reaches into one background-only column of that
+    # demand. Its error counts per anchor, as marginal_error does: judged in absolute terms, a
+    # tol of 0.01 would ask 1e-6 of each of those anchors and the solve would run to its cap.
+    gen = torch.Generator().manual_seed(0)
+    points, strides = fcos_points(800, 1333)
+    batch = pad_batch([random_scene(gen, 7, points, strides, 80, height=800, width=1333)])
+    out = ota(points, strides, *batch, tol=0.01, iters=400)
+    assert out.stats["compacted"] == 1
+    assert out.stats["sinkhorn_iters"] < 400 and out.stats["marginal_error"] < 0.01
+    assert out.stats["marginal_error"] > 1e-3  # stopped near tol, not converged far past it
