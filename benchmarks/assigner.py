@@ -11,12 +11,15 @@ mimic training: FCOS points of an 800x1333 image, boxes predicted around every p
 many sizes (CrowdHuman-like ones clustered). The same run checks the assignments: anchors
 the two agree on, the compacted solve against ota(compact=False) and the sparse solve against
 the dense one, which must be equal.
+A second table reports the Sinkhorn early stop (`tol`) against the official fixed 50
+iterations: iterations run, speed, marginal error and the anchors whose assignment differs.
 Peak memory: CUDA max_memory_allocated on a GPU; on the CPU the process's peak resident set
 growth (VmHWM after a reset through /proc/self/clear_refs, Linux only; pages freed by an
 earlier case can hide part of a later one's growth, so treat CPU figures as lower bounds).
 """
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -45,9 +48,8 @@ def _rss_kib(field: str) -> int | None:
     return None
 
 
-def measure(fn, device: torch.device, repeat: int) -> tuple[float, float | None, object]:
-    """Mean seconds per call over `repeat` calls (after one warm-up), peak extra memory in MiB, last result."""
-    out = fn()
+def peak_memory(fn, device: torch.device) -> tuple[float | None, object]:
+    """Peak extra memory of one call in MiB (None where it cannot be read), and its result."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
     if device.type == "cuda":
@@ -59,17 +61,32 @@ def measure(fn, device: torch.device, repeat: int) -> tuple[float, float | None,
             base = _rss_kib("VmRSS")
         except OSError:
             base = None
-    start = time.perf_counter()
-    for _ in range(repeat):
-        out = fn()
+    out = fn()
     sync()
-    seconds = (time.perf_counter() - start) / repeat
     if device.type == "cuda":
-        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    else:
-        hwm = _rss_kib("VmHWM")
-        peak = (hwm - base) / 1024 if base is not None and hwm is not None else None
-    return seconds, peak, out
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20, out
+    hwm = _rss_kib("VmHWM")
+    return ((hwm - base) / 1024 if base is not None and hwm is not None else None), out
+
+
+def median_seconds(fns: dict, device: torch.device, repeat: int) -> dict:
+    """Median seconds per call of each callable over `repeat` rounds, after one warm-up round.
+
+    Each round calls every callable once, in turn, so a change of machine load reaches all
+    alike; and every one runs in the same warmed process (on the CPU, a call made before the
+    allocator has grown its heap page-faults its large tensors and runs up to 2x slower).
+    """
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = {name: [] for name in fns}
+    for round_ in range(repeat + 1):
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -77,15 +94,20 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--tols", default="0.1,0.01,0.001", help="early-stop tolerances for the second table ('' skips it)")
+    parser.add_argument("--tol-iters", type=int, default=1000, help="the iteration cap with an early stop")
     args = parser.parse_args()
+    tols = [float(t) for t in args.tols.split(",")] if args.tols else []
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
     print(f"torch {torch.__version__}, {name}")
-    print(f"command: python benchmarks/assigner.py --device {args.device} --repeat {args.repeat} --threads {args.threads}\n")
+    print(f"command: python benchmarks/assigner.py --device {args.device} --repeat {args.repeat} --threads {args.threads} "
+          f"--tols '{args.tols}' --tol-iters {args.tol_iters}\n")
     print("| batch | anchors | reference img/s | batched img/s | speed-up | dense solve img/s | reference peak MiB | "
           "batched peak MiB | anchors alike (vs reference) | compacted = all anchors | sparse = dense |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|")
+    batches = {}
     for case, (height, width, counts, crowded, classes) in CASES.items():
         gen = torch.Generator().manual_seed(0)
         points, strides = fcos_points(height, width)
@@ -98,10 +120,16 @@ def main() -> None:
         def per_image():
             return [reference_ota(points, strides, *s) for s in scenes]
 
-        # Batched first: on the CPU the resident-set growth of the second measured can hide in pages the first freed.
-        t_ota, mem_ota, result = measure(lambda: ota(points, strides, *batch), device, args.repeat)
-        t_ref, mem_ref, ref = measure(per_image, device, args.repeat)
-        t_dense, _, dense = measure(lambda: ota(points, strides, *batch, sparse=False), device, args.repeat)
+        # Memory first, batched first: on the CPU the resident-set growth of the second measured
+        # can hide in pages the first freed.
+        mem_ota, result = peak_memory(lambda: ota(points, strides, *batch), device)
+        mem_ref, ref = peak_memory(per_image, device)
+        dense = ota(points, strides, *batch, sparse=False)
+        fns = {"batched": lambda: ota(points, strides, *batch), "reference": per_image,
+               "dense": lambda: ota(points, strides, *batch, sparse=False)}  # fmt: skip
+        fns |= {tol: lambda tol=tol: ota(points, strides, *batch, tol=tol, iters=args.tol_iters) for tol in tols}
+        seconds = median_seconds(fns, device, args.repeat)
+        t_ota, t_ref, t_dense = seconds["batched"], seconds["reference"], seconds["dense"]
         full = ota(points, strides, *batch, compact=False)
         alike = torch.stack([result.matched[i] == r for i, r in enumerate(ref)]).float().mean().item()
         exact = "yes" if torch.equal(full.matched, result.matched) and bool(result.stats["compacted"]) else "NO"
@@ -109,12 +137,32 @@ def main() -> None:
         if device.type == "cuda":
             same = "(dense on CUDA)"
         B = len(counts)
+        batches[case] = (points, strides, batch, result, seconds)
 
         def mib(x):
             return "n/a" if x is None else f"{x:.0f}"
 
         print(f"| {case} | {points.shape[0]} | {B / t_ref:.2f} | {B / t_ota:.1f} | **{t_ref / t_ota:.0f}x** | {B / t_dense:.1f} | "
               f"{mib(mem_ref)} | {mib(mem_ota)} | {alike:.4%} | {exact} | {same} |")  # fmt: skip
+    if tols:
+        early_stop_table(batches, tols, args.tol_iters)
+
+
+def early_stop_table(batches: dict, tols: list[float], cap: int) -> None:
+    """The official fixed 50 iterations (tol=None) against early stops (at most `cap` iterations),
+    timed in the same rounds as the first table."""
+    print(f"\nEarly stop: tol with iters={cap}, against the official tol=None, iters=50.\n")
+    print("| batch | tol | iterations run | batched img/s | marginal error | anchors assigned as with 50 iterations |")
+    print("|---|---|---|---|---|---|")
+    for case, (points, strides, batch, fixed, seconds) in batches.items():
+        B = batch[0].shape[0]
+        print(f"| {case} | None (official) | {int(fixed.stats['sinkhorn_iters'])} | {B / seconds['batched']:.1f} | "
+              f"{float(fixed.stats['marginal_error']):.1e} | 100.0000% |")  # fmt: skip
+        for tol in tols:
+            out = ota(points, strides, *batch, tol=tol, iters=cap)
+            alike = (out.matched == fixed.matched).float().mean().item()
+            print(f"| {case} | {tol:g} | {int(out.stats['sinkhorn_iters'])} | {B / seconds[tol]:.1f} | "
+                  f"{float(out.stats['marginal_error']):.1e} | {alike:.4%} |")  # fmt: skip
 
 
 if __name__ == "__main__":
