@@ -8,6 +8,8 @@ PyTorch Detector. The exports are made once per module (they take seconds each o
 
 import importlib.util
 import logging
+import re
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -175,6 +177,33 @@ def test_embedded_nms_is_padded_and_batched(detector, exports, val_data):
     padded = padded_nms(outputs.boxes, scores, torch.tensor([h, w]), conf=BAKED.conf, iou=BAKED.iou, max_det=BAKED.max_det)
     for rows, expected in zip(padded, reference):
         assert torch.allclose(rows[: len(expected)], expected, atol=1e-5) and (rows[len(expected) :] == 0).all()
+
+
+def _readme_postprocess():
+    """The numpy post-processing function as the README prints it (its ```python block)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    (code,) = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "def postprocess(" in block]
+    namespace = {}
+    exec(code, namespace)
+    return namespace["postprocess"]
+
+
+def test_readme_numpy_postprocess_gives_otadets_detections(exports, val_data):
+    """The README's numpy post-processing on the raw ONNX output == otadet's nms on the same output
+    (without its top-1000 cut and clipping, which the README states), rescaled by `scale`."""
+    postprocess = _readme_postprocess()
+    _, files = val_data
+    session = ort.InferenceSession(str(exports["onnx"]), providers=["CPUExecutionProvider"])
+    images, _ = _inputs(files[:3], 288)
+    (output,) = session.run(["output0"], {"images": images.numpy()})
+    out = torch.from_numpy(output)
+    scale, settings = 0.75, dict(conf=BAKED.conf, iou=BAKED.iou, max_det=300)
+    reference = nms(out[..., :4], out[..., 4:], pre_nms_topk=out.shape[1] * len(NAMES), **settings)
+    for image_output, expected in zip(output, reference, strict=True):
+        got = torch.from_numpy(postprocess(image_output, scale, **settings)).float()
+        assert 0 < len(expected) < settings["max_det"], "not cut at max_det, where near-equal scores could swap"
+        expected[:, :4] /= scale
+        _assert_same_detections(got, expected)
 
 
 def test_graph_checked_named_and_metadata(detector, exports):
