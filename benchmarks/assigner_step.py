@@ -5,7 +5,8 @@
 A step is what train_one_epoch does: forward, assign, losses, backward, SGD step. Every
 assigner in otadet.assign.ASSIGNERS runs on the same random weights, images and gts (a
 COCO-like ~7 boxes per image), with its default knobs; the assigner call is timed on its own
-(synchronised on a GPU). Prints a table and the OTA/FCOS step-time ratio when both exist,
+(synchronised on a GPU); the assigners take their steps in turn, round by round (medians).
+Prints a table and the OTA/FCOS step-time ratio when both exist,
 measured (step over step) and from the assigner times alone (FCOS step - FCOS assigner + OTA
 assigner, over the FCOS step): everything but the assigner is the same work, and on a CPU,
 where a step takes seconds, the second form is not buried in the run-to-run noise.
@@ -13,6 +14,7 @@ where a step takes seconds, the second form is not buried in the run-to-run nois
 
 import argparse
 import copy
+import statistics
 import time
 
 import torch
@@ -42,7 +44,7 @@ def main() -> None:
     parser.add_argument("--max-size", type=int, default=1333, help="image width")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--iters", type=int, default=3, help="timed steps per assigner (after one warm-up)")
+    parser.add_argument("--iters", type=int, default=3, help="timed rounds, one step per assigner each (after one warm-up round)")
     parser.add_argument("--assigners", default=",".join(ASSIGNERS), help="comma list (default: all)")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -58,36 +60,47 @@ def main() -> None:
           f"--batch {args.batch} --device {args.device} --iters {args.iters}\n")  # fmt: skip
     print("| assigner | step (ms) | assigner (ms) | assigner share |")
     print("|---|---|---|---|")
-    steps, assigns = {}, {}
-    for name in args.assigners.split(","):
-        assigner = ASSIGNERS[name]
+    names = args.assigners.split(",")
+    runs = {}  # name -> (model, optimizer, criterion, assigner seconds)
+    for name in names:
         model = copy.deepcopy(base).train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
         spent = []
 
-        def timed_assigner(*a, _assigner=assigner, **k):
+        def timed_assigner(*a, _assigner=ASSIGNERS[name], _spent=spent, **k):
             sync()
             start = time.perf_counter()
             out = _assigner(*a, **k)
             sync()
-            spent.append(time.perf_counter() - start)
+            _spent.append(time.perf_counter() - start)
             return out
 
         criterion = OTACriterion(num_classes=cfg.num_classes, assigner=timed_assigner)
-        times = []
-        for i in range(args.iters + 1):
-            sync()
-            start = time.perf_counter()
-            loss, _, _ = criterion(model(images), *targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sync()
-            if i:  # the first step warms up
-                times.append(time.perf_counter() - start)
-        step, assign = sum(times) / len(times), sum(spent[1:]) / len(times)
-        steps[name], assigns[name] = step, assign
-        print(f"| {name} | {step * 1e3:.0f} | {assign * 1e3:.1f} | {assign / step:.1%} |")
+        runs[name] = (model, torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9), criterion, spent)
+
+    def step(name: str) -> float:
+        model, optimizer, criterion, _ = runs[name]
+        sync()
+        start = time.perf_counter()
+        loss, _, _ = criterion(model(images), *targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sync()
+        return time.perf_counter() - start
+
+    # Round by round (one step of every assigner in turn, after a warm-up round), so that a change
+    # of machine load, or of the process's state, reaches every assigner alike.
+    times = {name: [] for name in names}
+    for round_ in range(args.iters + 1):
+        for name in names:
+            seconds = step(name)
+            if round_:
+                times[name].append(seconds)
+    steps, assigns = {}, {}
+    for name in names:
+        steps[name] = statistics.median(times[name])
+        assigns[name] = statistics.median(runs[name][3][1:])
+        print(f"| {name} | {steps[name] * 1e3:.0f} | {assigns[name] * 1e3:.1f} | {assigns[name] / steps[name]:.1%} |")
     if "ota" in steps and "fcos" in steps:
         derived = (steps["fcos"] - assigns["fcos"] + assigns["ota"]) / steps["fcos"]
         print(f"\nOTA/FCOS step-time ratio: {steps['ota'] / steps['fcos']:.3f} measured, {derived:.3f} from the assigner times")

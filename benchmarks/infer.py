@@ -10,7 +10,8 @@ torchvision.models.detection.fcos_resnet50_fpn(weights=None, weights_backbone=No
 mode on the same 800x1333 image (its transform keeps the size and pads to 800x1344), NMS
 included. All weights are random (nothing is downloaded); batch 1. Prints the median latency
 per image over --runs rounds after 3 warm-up rounds (each round runs every model and backend
-once, in turn, so load changes reach all alike), and the ratios against the targets
+once, in turn, so load changes reach all alike, each after --pause seconds of idle so that
+no runtime's spinning worker threads slow the next one), and the ratios against the targets
 (ONNX Runtime / eager <= 0.7, ota_r50 eager / FCOS <= 1.0).
 
 The floor table (CPU): onnxruntime's own profiler splits its time by operator; the
@@ -43,12 +44,17 @@ NMS = NMSSettings(conf=0.4, iou=0.6, max_det=100)  # predict's defaults
 WARMUP = 3
 
 
-def _interleaved_medians(fns: dict, runs: int, device: torch.device) -> dict:
+def _interleaved_medians(fns: dict, runs: int, device: torch.device, pause: float) -> dict:
     """Median ms of each callable over `runs` rounds after WARMUP rounds. Each round calls every
-    callable once, in turn, so a change of machine load reaches all of them alike."""
+    callable once, in turn, so a change of machine load reaches all of them alike. Each call
+    starts `pause` seconds after the last one ended: onnxruntime's and PyTorch's (OpenMP) worker
+    threads spin for a while after their work, and a runtime started while the other's spin
+    shares the cores with them (on 2 cores: ota_tiny eager 36 -> 80 ms after an ORT call, ORT
+    24 -> 34 ms after a PyTorch one), which no deployment running one runtime sees."""
     times = {name: [] for name in fns}
     for i in range(WARMUP + runs):
         for name, fn in fns.items():
+            time.sleep(pause)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
@@ -141,6 +147,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20, help="timed runs per backend after 3 warm-up runs (>= 20)")
     parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads")
     parser.add_argument("--models", default="ota_tiny,ota_r50", help="comma list of otadet models")
+    parser.add_argument("--pause", type=float, default=0.2, help="seconds of idle before each timed call (0: back to back)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -150,17 +157,18 @@ def main() -> None:
         fns = {(name, backend): fn for name in names for backend, fn in otadet_backends(name, device, args.threads, Path(tmp.name)).items()}
         fns[("fcos", "eager")] = fcos_backend(device)
         LOGGER.info(f"timing {len(fns)} model/backend pairs, interleaved, {WARMUP} + {args.runs} rounds ...")
-        ms = _interleaved_medians(fns, args.runs, device)
+        ms = _interleaved_medians(fns, args.runs, device, args.pause)
     files = {name: Path(tmp.name) / f"{name}.onnx" for name in names}
 
-    print(f"\n`python benchmarks/infer.py --device {args.device} --runs {args.runs} --threads {args.threads} --models {args.models}`")
+    print(f"\n`python benchmarks/infer.py --device {args.device} --runs {args.runs} --threads {args.threads} --models {args.models} "
+          f"--pause {args.pause}`")
     print(f"torch {torch.__version__}, device {device}, {args.threads} threads, batch 1, median of {args.runs} runs\n")
     print("| model | input | PyTorch eager (ms) | TorchScript (ms) | ONNX Runtime (ms) | ORT / eager (target <= 0.7) |")
     print("|---|---|---|---|---|---|")
     for name in names:
         h, w = SIZES[name]
         eager, ts, ort_ms = ms[(name, "eager")], ms[(name, "torchscript")], ms[(name, "onnxruntime")]
-        print(f"| {name} | {h}x{w} | {eager:.1f} | {ts:.1f} | {ort_ms:.1f} | {ort_ms / eager:.2f} |")
+        print(f"| {name} | {h}x{w} | {eager:.1f} | {ts:.1f} | {ort_ms:.1f} | {ort_ms / eager:.3f} |")
     print(f"| torchvision fcos_resnet50_fpn | 800x1333 (padded 800x1344) | {ms[('fcos', 'eager')]:.1f} | - | - | - |")
     if "ota_r50" in names:
         print(f"\nota_r50 eager / torchvision FCOS eager: {ms[('ota_r50', 'eager')] / ms[('fcos', 'eager')]:.2f} (target <= 1.0)")
