@@ -69,24 +69,25 @@ def peak_memory(fn, device: torch.device) -> tuple[float | None, object]:
     return ((hwm - base) / 1024 if base is not None and hwm is not None else None), out
 
 
-def median_seconds(fns: dict, device: torch.device, repeat: int) -> dict:
-    """Median seconds per call of each callable over `repeat` rounds, after one warm-up round.
+def median_seconds(fns: dict, device: torch.device, repeat: int) -> tuple[dict, dict]:
+    """Median seconds per call of each callable over `repeat` rounds, after one warm-up round,
+    and each one's last result.
 
     Each round calls every callable once, in turn, so a change of machine load reaches all
-    alike; and every one runs in the same warmed process (on the CPU, a call made before the
-    allocator has grown its heap page-faults its large tensors and runs up to 2x slower).
+    alike, and every one runs in the same warmed process (on the CPU the first calls of a
+    process ran up to 2x slower than the same calls later in it).
     """
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = {name: [] for name in fns}
+    times, results = {name: [] for name in fns}, {}
     for round_ in range(repeat + 1):
         for name, fn in fns.items():
             sync()
             start = time.perf_counter()
-            fn()
+            results[name] = fn()
             sync()
             if round_:
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: statistics.median(t) for name, t in times.items()}, results
 
 
 def main() -> None:
@@ -124,12 +125,11 @@ def main() -> None:
         # can hide in pages the first freed.
         mem_ota, result = peak_memory(lambda: ota(points, strides, *batch), device)
         mem_ref, ref = peak_memory(per_image, device)
-        dense = ota(points, strides, *batch, sparse=False)
         fns = {"batched": lambda: ota(points, strides, *batch), "reference": per_image,
                "dense": lambda: ota(points, strides, *batch, sparse=False)}  # fmt: skip
         fns |= {tol: lambda tol=tol: ota(points, strides, *batch, tol=tol, iters=args.tol_iters) for tol in tols}
-        seconds = median_seconds(fns, device, args.repeat)
-        t_ota, t_ref, t_dense = seconds["batched"], seconds["reference"], seconds["dense"]
+        seconds, results = median_seconds(fns, device, args.repeat)
+        t_ota, t_ref, t_dense, dense = seconds["batched"], seconds["reference"], seconds["dense"], results["dense"]
         full = ota(points, strides, *batch, compact=False)
         alike = torch.stack([result.matched[i] == r for i, r in enumerate(ref)]).float().mean().item()
         exact = "yes" if torch.equal(full.matched, result.matched) and bool(result.stats["compacted"]) else "NO"
@@ -137,7 +137,7 @@ def main() -> None:
         if device.type == "cuda":
             same = "(dense on CUDA)"
         B = len(counts)
-        batches[case] = (points, strides, batch, result, seconds)
+        batches[case] = (B, seconds, results)
 
         def mib(x):
             return "n/a" if x is None else f"{x:.0f}"
@@ -154,14 +154,12 @@ def early_stop_table(batches: dict, tols: list[float], cap: int) -> None:
     print(f"\nEarly stop: tol with iters={cap}, against the official tol=None, iters=50.\n")
     print("| batch | tol | iterations run | batched img/s | marginal error | anchors assigned as with 50 iterations |")
     print("|---|---|---|---|---|---|")
-    for case, (points, strides, batch, fixed, seconds) in batches.items():
-        B = batch[0].shape[0]
-        print(f"| {case} | None (official) | {int(fixed.stats['sinkhorn_iters'])} | {B / seconds['batched']:.1f} | "
-              f"{float(fixed.stats['marginal_error']):.1e} | 100.0000% |")  # fmt: skip
-        for tol in tols:
-            out = ota(points, strides, *batch, tol=tol, iters=cap)
+    for case, (B, seconds, results) in batches.items():
+        fixed = results["batched"]
+        for label, key in [("None (official)", "batched")] + [(f"{t:g}", t) for t in tols]:
+            out = results[key]
             alike = (out.matched == fixed.matched).float().mean().item()
-            print(f"| {case} | {tol:g} | {int(out.stats['sinkhorn_iters'])} | {B / seconds[tol]:.1f} | "
+            print(f"| {case} | {label} | {int(out.stats['sinkhorn_iters'])} | {B / seconds[key]:.1f} | "
                   f"{float(out.stats['marginal_error']):.1e} | {alike:.4%} |")  # fmt: skip
 
 
