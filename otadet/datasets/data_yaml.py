@@ -31,8 +31,8 @@ from typing import Literal
 from ..utils.checks import ConfigError, check_keys, read_yaml
 from ..utils.log import LOGGER
 from ..utils.paths import asset_dir, cache_dir, find_asset
-from .shapes import ShapesConfig, generate_shapes, generator_settings
-from .shapes_formats import write_extra_format
+from .shapes import generate_builtin, generator_settings
+from .shapes_formats import BUILTIN_CONFIGS, write_extra_format
 from .yolo import labels_dir_for
 
 __all__ = ["DataError", "DataYaml", "DataSpec", "load_data", "datasets_dir"]
@@ -57,7 +57,7 @@ class DataYaml:
     train_annotations: str | None = None  # coco: required; crowdhuman: default annotation_train.odgt
     val_annotations: str | None = None
     box: str | None = None  # crowdhuman: 'fbox' (default) or 'vbox'
-    builtin: str | None = None  # 'shapes'
+    builtin: str | None = None  # 'shapes' | 'crowd'
     generate: dict | None = None  # ShapesConfig fields, builtin only
     names: list | dict | None = None  # class names, index = contiguous label
     download: str | list | None = None  # URLs shown when the dataset is missing
@@ -87,7 +87,7 @@ class DataSpec:
         return {"train": self.train_annotations, "val": self.val_annotations}[split]
 
 
-_BUILTINS = {"shapes": ShapesConfig}
+_BUILTINS = BUILTIN_CONFIGS  # builtin: -> its generator settings (shapes.ShapesConfig, crowd.CrowdConfig)
 
 
 def datasets_dir() -> Path:
@@ -145,7 +145,8 @@ def _ensure_builtin(data: DataYaml, root: Path, where: str) -> None:
     schema = [f.name for f in dataclasses.fields(_BUILTINS[data.builtin])]
     check_keys(settings, schema, f"{where}: generate", error=DataError)
     try:
-        wanted = generator_settings(ShapesConfig(**settings))
+        cfg = _BUILTINS[data.builtin](**settings)
+        wanted = generator_settings(cfg)
     except (TypeError, ValueError) as e:
         raise DataError(f"{where}: generate: {e}") from e
     record = root / "generate.json"
@@ -159,7 +160,7 @@ def _ensure_builtin(data: DataYaml, root: Path, where: str) -> None:
             )
     else:
         start = time.perf_counter()
-        generate_shapes(root, **settings)
+        generate_builtin(root, cfg)
         LOGGER.info(f"Generated the built-in '{data.builtin}' dataset in {root} ({time.perf_counter() - start:.1f}s)")
     if data.format != "coco":  # the other formats are written alongside the COCO files, on first use
         write_extra_format(root, data.format)

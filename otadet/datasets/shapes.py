@@ -30,6 +30,7 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -39,6 +40,7 @@ __all__ = [
     "ShapesConfig",
     "Scene",
     "generate_shapes",
+    "generate_builtin",
     "render_image",
     "generator_settings",
 ]
@@ -65,6 +67,13 @@ class ShapesConfig:
     max_tries: int = 30  # placement attempts per object before giving it up
     jpeg_quality: int = 95
 
+    classes: ClassVar[tuple[str, ...]] = SHAPES_CLASSES
+    builtin: ClassVar[str] = "shapes"
+    supercategory: ClassVar[str] = "shape"
+    version: ClassVar[int] = _VERSION
+    mask_below_px: ClassVar[int] = 12  # .odgt: visible shorter side below this -> tag 'mask' (~3%)
+    ignore_below_visible: ClassVar[float] = 0.52  # .odgt: visible fraction below this -> extra.ignore = 1 (~5%)
+
     def __post_init__(self):
         for name in ("width", "height", "objects"):
             lo_hi = tuple(int(v) for v in getattr(self, name))  # YAML gives lists
@@ -75,6 +84,9 @@ class ShapesConfig:
             raise ValueError(f"shapes generator: 'min_visible' must be in (0, 1], got {self.min_visible}")
         if self.num_train < 0 or self.num_val < 0:
             raise ValueError("shapes generator: 'num_train' and 'num_val' must be >= 0")
+
+    def make_scene(self, rng: np.random.Generator):
+        return _make_scene(rng, self)
 
 
 # ----------------------------------------------------------------------------- occlusion scene
@@ -254,7 +266,7 @@ def _make_scene(rng: np.random.Generator, cfg: ShapesConfig):
 
 def _make_image(rng: np.random.Generator, cfg: ShapesConfig):
     """One image: returns (uint8 BGR image, boxes (N, 4) xyxy, labels (N,), visible pixels (N,))."""
-    scene, background, colors = _make_scene(rng, cfg)
+    scene, background, colors = cfg.make_scene(rng)
     image = render_image(scene, background, colors)
     image = cv2.GaussianBlur(image, (3, 3), 0.6)  # soften the aliased edges like a camera would
     noise = rng.standard_normal(image.shape, dtype=np.float32)
@@ -298,16 +310,18 @@ def _write_split(folder: Path, split: str, count: int, cfg: ShapesConfig) -> Non
                         "iscrowd": 0,
                     }
                 )
-    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPES_CLASSES)]
-    info = {"description": f"otadet synthetic shapes v{_VERSION}, {split}", **dataclasses.asdict(cfg)}
+    categories = [{"id": i + 1, "name": name, "supercategory": cfg.supercategory} for i, name in enumerate(cfg.classes)]
+    info = {"description": f"otadet synthetic {cfg.builtin} v{cfg.version}, {split}", **dataclasses.asdict(cfg)}
     (folder / "annotations").mkdir(exist_ok=True)
     with open(folder / "annotations" / f"{split}.json", "w", encoding="utf-8") as f:
         json.dump({"info": info, "images": images, "annotations": annotations, "categories": categories}, f)
 
 
-def generator_settings(cfg: ShapesConfig) -> dict:
+def generator_settings(cfg) -> dict:
     """What `generate.json` records: the settings plus the drawing version (JSON types)."""
-    return json.loads(json.dumps({"version": _VERSION, **dataclasses.asdict(cfg)}))
+    # The shapes record has no 'builtin' key: caches written before the crowd builtin stay valid.
+    head = {"version": cfg.version} if cfg.builtin == "shapes" else {"builtin": cfg.builtin, "version": cfg.version}
+    return json.loads(json.dumps({**head, **dataclasses.asdict(cfg)}))
 
 
 def _remove_stale_partials(root: Path) -> None:
@@ -332,10 +346,14 @@ def generate_shapes(
     run never leaves a half dataset at `root`. If another process finished `root` first, its
     copy is kept.
     """
-    cfg = ShapesConfig(seed=seed, num_train=num_train, num_val=num_val, **options)
+    return generate_builtin(root, ShapesConfig(seed=seed, num_train=num_train, num_val=num_val, **options))
+
+
+def generate_builtin(root: str | os.PathLike, cfg) -> Path:
+    """Write the built-in dataset of `cfg` (ShapesConfig or crowd.CrowdConfig) to `root`, as `generate_shapes`."""
     root = Path(root).expanduser()
     if root.exists():
-        raise FileExistsError(f"shapes generator: {root} already exists — delete it to generate again")
+        raise FileExistsError(f"{cfg.builtin} generator: {root} already exists — delete it to generate again")
     root.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(root)
     partial = root.parent / f".{root.name}.partial-{os.getpid()}"

@@ -21,19 +21,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .shapes import ShapesConfig, _make_scene
+from .crowd import CrowdConfig
+from .shapes import ShapesConfig
 
-__all__ = ["write_extra_format", "MASK_BELOW_PX", "IGNORE_BELOW_VISIBLE"]
+__all__ = ["write_extra_format", "BUILTIN_CONFIGS"]
 
-MASK_BELOW_PX = 12  # shorter visible side below this: tag 'mask' (~3%)
-IGNORE_BELOW_VISIBLE = 0.52  # visible fraction of the drawn pixels below this: extra.ignore = 1 (~5%)
+BUILTIN_CONFIGS = {"shapes": ShapesConfig, "crowd": CrowdConfig}  # a generate.json's 'builtin' (absent: shapes)
 _SPLITS = ("train", "val")
 
 
-def _config(root: Path) -> ShapesConfig:
+def _config(root: Path) -> ShapesConfig | CrowdConfig:
     settings = json.loads((root / "generate.json").read_text())
     settings.pop("version", None)
-    return ShapesConfig(**settings)
+    return BUILTIN_CONFIGS[settings.pop("builtin", "shapes")](**settings)
 
 
 def _write_yolo(root: Path, partial: Path) -> None:
@@ -53,22 +53,22 @@ def _write_yolo(root: Path, partial: Path) -> None:
             (folder / f"{Path(img['file_name']).stem}.txt").write_text("\n".join(lines[img["id"]]) + "\n")
 
 
-def _scene_record(cfg: ShapesConfig, split: str, index: int, image: dict, visible_boxes: np.ndarray) -> dict:
+def _scene_record(cfg: ShapesConfig | CrowdConfig, split: str, index: int, image: dict, visible_boxes: np.ndarray) -> dict:
     """The .odgt record of one image; its visible boxes must be the COCO json's (same seed, same scene)."""
     rng = np.random.default_rng([cfg.seed, _SPLITS.index(split), index])
-    scene, _, _ = _make_scene(rng, cfg)
+    scene, _, _ = cfg.make_scene(rng)
     full, visible = scene.full_boxes().astype(np.float64), scene.boxes().astype(np.float64)
     if not np.array_equal(visible, visible_boxes):
         raise RuntimeError(f"shapes: scene {split}/{index} does not reproduce its COCO boxes — delete the cached dataset")
     pixels = scene.visible_pixels() / np.maximum(scene._full, 1)  # (N,) visible fraction
     gtboxes = []
     for (fx0, fy0, fx1, fy1), (x0, y0, x1, y1), frac in zip(full.tolist(), visible.tolist(), pixels.tolist()):
-        small = min(x1 - x0, y1 - y0) < MASK_BELOW_PX
+        small = min(x1 - x0, y1 - y0) < cfg.mask_below_px
         gtboxes.append({
             "tag": "mask" if small else "person",
             "fbox": [fx0, fy0, fx1 - fx0, fy1 - fy0],
             "vbox": [x0, y0, x1 - x0, y1 - y0],
-            "extra": {"ignore": int(small or frac < IGNORE_BELOW_VISIBLE)},
+            "extra": {"ignore": int(small or frac < cfg.ignore_below_visible)},
         })  # fmt: skip
     return {"ID": Path(image["file_name"]).stem, "gtboxes": gtboxes}
 
