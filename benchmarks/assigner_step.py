@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--iters", type=int, default=3, help="timed rounds, one step per assigner each (after one warm-up round)")
+    parser.add_argument("--gts", type=int, default=7, help="gts per image (7 COCO-like; 23 CrowdHuman-like)")
     parser.add_argument("--assigners", default=",".join(ASSIGNERS), help="comma list (default: all)")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -54,10 +55,10 @@ def main() -> None:
     base = build_detector(cfg).to(device, memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch, 3, args.imgsz, args.max_size, generator=gen).to(device).contiguous(memory_format=torch.channels_last)
-    targets = [t.to(device) for t in random_targets(gen, args.batch, args.imgsz, args.max_size, cfg.num_classes)]
+    targets = [t.to(device) for t in random_targets(gen, args.batch, args.imgsz, args.max_size, cfg.num_classes, args.gts)]
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'}")
     print(f"command: python benchmarks/assigner_step.py --cfg {args.cfg} --imgsz {args.imgsz} --max-size {args.max_size} "
-          f"--batch {args.batch} --device {args.device} --iters {args.iters}\n")  # fmt: skip
+          f"--batch {args.batch} --device {args.device} --iters {args.iters} --gts {args.gts}\n")  # fmt: skip
     print("| assigner | step (ms) | assigner (ms) | assigner share |")
     print("|---|---|---|---|")
     names = args.assigners.split(",")

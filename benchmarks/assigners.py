@@ -298,6 +298,16 @@ def main() -> None:
     print("\n".join(main_table(done) + ablation_tables(done)))
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        pass
+    return pid > 0
+
+
 def _run_all(todo: list[Row], args) -> None:
     """Rows in subprocesses, `--jobs` at a time; each logs to runs/fidelity/logs/<row>.log."""
     logs = ROOT / (FULL if args.full else CPU).project / "logs"
@@ -308,10 +318,15 @@ def _run_all(todo: list[Row], args) -> None:
     while queue or running:
         while queue and len(running) < args.jobs:
             row = queue.pop(0)
+            claim = logs / f"{row.name}.pid"  # a row another driver is training right now is left to it
+            if claim.is_file() and _alive(int(claim.read_text() or 0)):
+                print(f"{row.name}: running in pid {claim.read_text()}, skipped", flush=True)
+                continue
             cmd = [sys.executable, __file__, "--run", row.name, "--threads", str(args.threads)]
             cmd += (["--device", args.device] if args.device else []) + (["--full"] if args.full else [])
             with open(logs / f"{row.name}.log", "a") as log:
                 running.append((row, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), time.time()))
+            claim.write_text(str(running[-1][1].pid))
             print(f"started {row.name}", flush=True)
         time.sleep(2)
         for item in list(running):
