@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from ..convert import convert, is_conversion_source
 from ..config import DEFAULT_CONF, Args, load_model_config, make_args, model_config_from_dict
 from ..datasets.data_yaml import load_data
 from ..datasets.loader import build_dataloader
@@ -34,12 +35,14 @@ class Detector:
 
     Args:
         model: a YAML in cfg/ (e.g. 'ota_r50.yaml') or a path; a checkpoint path; an exported
-            .onnx / .torchscript file (predict and val only); or None for the newest
-            runs/train/*/weights/best.pt.
+            .onnx / .torchscript file (predict and val only); a released COCO detector to convert
+            ('torchvision:fcos_resnet50_fpn', or the official OTA .pth with weights=; see
+            otadet.convert); or None for the newest runs/train/*/weights/best.pt.
+        weights: the weights file of a model to convert (default for torchvision: its local cache).
         verbose: print the model summary (layers, parameters, GFLOPs).
     """
 
-    def __init__(self, model: str | Path | None = "ota_tiny.yaml", *, verbose: bool = True):
+    def __init__(self, model: str | Path | None = "ota_tiny.yaml", *, weights: str | Path | None = None, verbose: bool = True):
         if model is None:
             model = newest_weights()
             if model is None:
@@ -52,8 +55,12 @@ class Detector:
         self.train_args: dict = {}
         self.trained = False  # trained weights (a checkpoint, a converted detector): train() fine-tunes them
         suffix = Path(str(model)).suffix.lower()
-        if suffix in (".pt", ".pth"):
+        state = None
+        if is_conversion_source(model) or weights is not None:  # a released detector, converted in memory
+            state = convert(model, weights=weights)
+        elif suffix in (".pt", ".pth"):
             state = load_checkpoint(model)
+        if state is not None:
             self.cfg = model_config_from_dict(state["model_cfg"], where=f"{model}: model_cfg")
             self.names = list(state["names"])
             self.net = build_detector(self.cfg, len(self.names), pretrained=False)  # weights from the checkpoint
