@@ -1,12 +1,13 @@
 """The `otadet` command: a thin layer over Detector's methods (Ultralytics' style).
 
-    otadet MODE key=value ...      MODE: train | val | predict | export | cfg | help | version
+    otadet MODE key=value ...      MODE: train | val | predict | export | convert | cfg | help | version
 
 Values are parsed as YAML scalars/lists (epochs=3 -> int, val=false -> bool, imgsz=[640,800]
 -> list) and checked against cfg/default.yaml, whose defaults give every key's type.
 """
 
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -24,6 +25,7 @@ Usage:  otadet MODE key=value ...
   otadet predict model=runs/train/exp/weights/best.pt source=images/
   otadet export  model=runs/train/exp/weights/best.pt format=onnx       # or format=torchscript, nms=true
   otadet predict model=runs/train/exp/weights/best.onnx source=video.mp4
+  otadet convert source=torchvision:fcos_resnet50_fpn                  # or source=ota_r50_1x.pth -> weights/*.pt
   otadet cfg     # every key with its default (cfg/default.yaml)
   otadet version
 
@@ -76,6 +78,8 @@ def run(argv: list[str]) -> int:
 
         print((asset_dir("cfg") / "default.yaml").read_text())
         return 0
+    if mode == "convert":
+        return _convert(parse_overrides(rest))
     if mode not in MODES:
         import difflib
 
@@ -108,6 +112,22 @@ def run(argv: list[str]) -> int:
     else:
         path = detector.export(**overrides)
         print(path)
+    return 0
+
+
+def _convert(overrides: dict) -> int:
+    """otadet convert source=torchvision:fcos_resnet50_fpn|FILE.pth [weights=FILE] [out=FILE.pt] [allow_pickle=true]."""
+    from .convert import convert, save_converted
+    from .utils.checks import check_keys
+
+    check_keys(overrides, ("source", "weights", "out", "allow_pickle"), "otadet convert")
+    source = overrides.get("source")
+    if not source:
+        raise UsageError("otadet convert needs source=torchvision:fcos_resnet50_fpn or source=path/to/ota_r50_1x.pth")
+    checkpoint = convert(str(source), weights=overrides.get("weights"), allow_pickle=bool(overrides.get("allow_pickle")))
+    stem = str(source).partition(":")[2] if str(source).startswith("torchvision:") else Path(str(source)).stem
+    out = save_converted(checkpoint, overrides.get("out") or Path("weights") / f"{stem}.pt")
+    print(out)
     return 0
 
 

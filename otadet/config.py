@@ -30,6 +30,7 @@ __all__ = [
     "BackboneConfig",
     "FPNConfig",
     "HeadConfig",
+    "InputConfig",
     "LossConfig",
     "ModelConfig",
     "ConfigError",
@@ -56,6 +57,9 @@ class BackboneConfig:
     # torchvision's ImageNet weights from its local cache; never downloaded (models/backbone.py).
     pretrained: str | None = None
     dcn_stages: list = field(default_factory=list)  # stages (3, 4, 5 = c3-c5) whose 3x3 convs are DCNv2
+    # MSRA ResNet (the original Caffe model, detectron2's default): a bottleneck's stride sits in
+    # its first 1x1 conv, not in the 3x3 (torchvision's "ResNet v1.5").
+    stride_in_1x1: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,25 @@ class HeadConfig:
     box_coder: str = "ltrb"
     anchor_scale: float = 8.0  # box_coder delta: anchor side = anchor_scale * stride
     dcn_last: bool = False  # last conv of each tower is DCNv2 (paper Table 5)
+    # Anchor point of cell (i, j) at ((j + point_offset) * stride, (i + point_offset) * stride):
+    # the cell centre (FCOS); torchvision's FCOS and cvpods put it at the cell corner, 0.0.
+    point_offset: float = 0.5
+    level_scales: bool = True  # a learnable scale per FPN level on the regression (FCOS); torchvision's FCOS has none
+    # What the branch on the regression tower predicts, trained with BCE and multiplied into the
+    # score: iou (the paper's IoU branch: IoU of the decoded box with its target) | centerness (FCOS).
+    quality: str = "iou"
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """What the network's first conv expects. The data pipeline always delivers RGB in [0, 255]
+    minus the ImageNet mean over its std (datasets/transforms.py); a model trained on another
+    convention converts in its first layer (models/input_norm.py), so the same image tensor
+    feeds every model, and the exported graph too."""
+
+    channel_order: str = "rgb"  # rgb (torchvision) | bgr (caffe, detectron2, cvpods)
+    pixel_mean: list = field(default_factory=lambda: [123.675, 116.28, 103.53])  # 0-255 units, in channel_order
+    pixel_std: list = field(default_factory=lambda: [58.395, 57.12, 57.375])  # caffe models: [1, 1, 1]
 
 
 @dataclass(frozen=True)
@@ -92,6 +115,7 @@ class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     fpn: FPNConfig = field(default_factory=FPNConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    input: InputConfig = field(default_factory=InputConfig)
     # Assigner name and knob overrides; the defaults are the function's (otadet.assign).
     assigner: dict = field(default_factory=lambda: {"name": "ota"})
     loss: LossConfig = field(default_factory=LossConfig)
@@ -103,7 +127,9 @@ class ModelConfig:
 
 
 BOX_CODERS = ("ltrb", "delta")
-_SECTIONS = {"backbone": BackboneConfig, "fpn": FPNConfig, "head": HeadConfig, "loss": LossConfig}
+_SECTIONS = {"backbone": BackboneConfig, "fpn": FPNConfig, "head": HeadConfig, "input": InputConfig, "loss": LossConfig}
+QUALITIES = ("iou", "centerness")
+CHANNEL_ORDERS = ("rgb", "bgr")
 
 
 def _check_type(value: Any, expected: Any, key: str, where: str) -> Any:
@@ -156,6 +182,18 @@ def model_config_from_dict(data: dict, where: str = "model config") -> ModelConf
         check_keys({cfg.head.reg_activation: 0}, ("relu", "exp"), f"{where}: head.reg_activation")
     if cfg.head.box_coder not in BOX_CODERS:
         check_keys({cfg.head.box_coder: 0}, BOX_CODERS, f"{where}: head.box_coder")
+    if cfg.backbone.stride_in_1x1 and cfg.backbone.arch in ("resnet10", "resnet18", "resnet34"):
+        raise ConfigError(f"{where}: backbone.stride_in_1x1 needs a bottleneck ResNet (resnet50 and up), not {cfg.backbone.arch}")
+    if cfg.head.quality not in QUALITIES:
+        check_keys({cfg.head.quality: 0}, QUALITIES, f"{where}: head.quality")
+    if cfg.input.channel_order not in CHANNEL_ORDERS:
+        check_keys({cfg.input.channel_order: 0}, CHANNEL_ORDERS, f"{where}: input.channel_order")
+    for key in ("pixel_mean", "pixel_std"):
+        values = getattr(cfg.input, key)
+        if len(values) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) or (
+            key == "pixel_std" and min(values) <= 0
+        ):
+            raise ConfigError(f"{where}: input.{key} must be 3 numbers in 0-255 units (std > 0), got {values!r}")
     if cfg.head.anchor_scale <= 0:
         raise ConfigError(f"{where}: head.anchor_scale must be > 0 (anchor side in strides), got {cfg.head.anchor_scale}")
     stages = cfg.backbone.dcn_stages

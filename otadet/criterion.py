@@ -9,6 +9,7 @@ num_boxes), as the official OTA code. Shapes: B=batch, A=anchor points, G=gts, C
 from functools import partial
 from typing import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
@@ -37,7 +38,10 @@ class OTACriterion:
         focal_gamma: float = 2.0,
         giou_weight: float = 2.0,
         iou_branch_weight: float = 0.5,
+        quality: str = "iou",
     ):
+        assert quality in ("iou", "centerness"), quality
+        self.quality = quality
         self.num_classes = num_classes
         self.assigner = assigner
         self.focal_alpha = focal_alpha
@@ -73,15 +77,28 @@ class OTACriterion:
         loss_box = generalized_box_iou_loss(
             boxes[positive].float(), targets.box_targets[positive], reduction="sum"
         )  # GIoU is scale-invariant, so stride-normalising the targets would change nothing
-        loss_iou = F.binary_cross_entropy_with_logits(
-            iou_logits[positive].float(), targets.iou_targets[positive], reduction="sum"
-        )
+        if self.quality == "centerness":  # FCOS's centerness of the point in its target box
+            quality_targets = centerness(outputs.points[None].expand_as(boxes[..., :2])[positive], targets.box_targets[positive])
+        else:
+            quality_targets = targets.iou_targets[positive]
+        loss_iou = F.binary_cross_entropy_with_logits(iou_logits[positive].float(), quality_targets, reduction="sum")
         loss_cls = loss_cls / num_pos
         loss_box = self.giou_weight * loss_box / num_pos
         loss_iou = self.iou_branch_weight * loss_iou / num_pos
         loss = loss_cls + loss_box + loss_iou
         items = {"cls": loss_cls.detach(), "box": loss_box.detach(), "iou": loss_iou.detach()}
         return loss, items, targets.stats
+
+
+def centerness(points: Tensor, boxes: Tensor) -> Tensor:
+    """FCOS centerness sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b)) of points (P, 2) in boxes (P, 4) -> (P,).
+
+    A point outside its box (OTA's centre prior can pick one) has a side distance clamped to 0, so centerness 0.
+    """
+    ltrb = torch.cat((points - boxes[:, :2], boxes[:, 2:] - points), dim=1).clamp(min=0)  # (P, 4)
+    lr, tb = ltrb[:, 0::2], ltrb[:, 1::2]  # (P, 2) each
+    ratio = (lr.min(1).values / lr.max(1).values.clamp(min=1e-6)) * (tb.min(1).values / tb.max(1).values.clamp(min=1e-6))
+    return ratio.sqrt()
 
 
 def build_criterion(cfg: ModelConfig, num_classes: int) -> OTACriterion:
@@ -94,4 +111,5 @@ def build_criterion(cfg: ModelConfig, num_classes: int) -> OTACriterion:
         focal_gamma=cfg.loss.focal_gamma,
         giou_weight=cfg.loss.giou_weight,
         iou_branch_weight=cfg.loss.iou_branch_weight,
+        quality=cfg.head.quality,
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from ..convert import convert, is_conversion_source
 from ..config import DEFAULT_CONF, Args, load_model_config, make_args, model_config_from_dict
 from ..datasets.data_yaml import load_data
 from ..datasets.loader import build_dataloader
@@ -34,12 +35,14 @@ class Detector:
 
     Args:
         model: a YAML in cfg/ (e.g. 'ota_r50.yaml') or a path; a checkpoint path; an exported
-            .onnx / .torchscript file (predict and val only); or None for the newest
-            runs/train/*/weights/best.pt.
+            .onnx / .torchscript file (predict and val only); a released COCO detector to convert
+            ('torchvision:fcos_resnet50_fpn', or the official OTA .pth with weights=; see
+            otadet.convert); or None for the newest runs/train/*/weights/best.pt.
+        weights: the weights file of a model to convert (default for torchvision: its local cache).
         verbose: print the model summary (layers, parameters, GFLOPs).
     """
 
-    def __init__(self, model: str | Path | None = "ota_tiny.yaml", *, verbose: bool = True):
+    def __init__(self, model: str | Path | None = "ota_tiny.yaml", *, weights: str | Path | None = None, verbose: bool = True):
         if model is None:
             model = newest_weights()
             if model is None:
@@ -50,14 +53,20 @@ class Detector:
             LOGGER.info(f"using the newest trained weights {model}")
         self.source = str(model)
         self.train_args: dict = {}
+        self.trained = False  # trained weights (a checkpoint, a converted detector): train() fine-tunes them
         suffix = Path(str(model)).suffix.lower()
-        if suffix in (".pt", ".pth"):
+        state = None
+        if is_conversion_source(model) or weights is not None:  # a released detector, converted in memory
+            state = convert(model, weights=weights)
+        elif suffix in (".pt", ".pth"):
             state = load_checkpoint(model)
+        if state is not None:
             self.cfg = model_config_from_dict(state["model_cfg"], where=f"{model}: model_cfg")
             self.names = list(state["names"])
             self.net = build_detector(self.cfg, len(self.names), pretrained=False)  # weights from the checkpoint
             self.net.load_state_dict(state["model"])
             self.train_args = {k: v for k, v in state.get("train_args", {}).items() if k in _INHERITED}
+            self.trained = True
         elif suffix in EXPORTED_SUFFIXES:
             self.net = ExportedModel(model)
             self.cfg = None
@@ -109,8 +118,7 @@ class Detector:
         if kwargs.get("resume"):  # continue a run: its checkpoint's train args, then the ones given here
             kwargs = resume_overrides(kwargs, self.source)
         args = self._args(kwargs, "train")
-        same_classes = len(self.names) == len(load_data(args.data).names)
-        init = self.net.state_dict() if self.train_args and same_classes else None  # fine-tune a checkpoint
+        init = self._fine_tune_state(args) if self.trained and not args.resume else None
         result = run_training(self.cfg, args, init_state=init)
         state = load_checkpoint(result["best"])
         self.names = list(state["names"])
@@ -119,7 +127,21 @@ class Detector:
         self.net.load_state_dict(state["model"])
         self.train_args = {k: v for k, v in args.to_dict().items() if k in _INHERITED}
         self.source = str(result["best"])
+        self.trained = True
         return result["metrics"]
+
+    def _fine_tune_state(self, args: Args) -> dict:
+        """This detector's weights carried over to a network for `args.data`'s classes (engine/transfer.py)."""
+        from .transfer import transfer_weights
+
+        names = list(load_data(args.data).names)
+        with torch.random.fork_rng(devices=[]):  # the re-initialised class layer is the same run to run
+            torch.manual_seed(args.seed)
+            net = build_detector(self.cfg, len(names), pretrained=False)
+        transfer_weights(
+            net, self.net.state_dict(), src_names=self.names, dst_names=names, keep_class_rows=args.keep_class_rows, source=self.source
+        )
+        return net.state_dict()
 
     def val(self, **kwargs) -> dict:
         """Benchmark metrics on the `split` of `data`: COCOeval (COCO, YOLO) or MR⁻²/AP/recall (CrowdHuman)."""

@@ -39,6 +39,7 @@ from .launch import launch_workers, needs_launch
 from .resume import GracefulStop, TrainingStopped, restore_training, resume_checkpoint, set_rng_state, training_state
 from .sampling import TrainSampler
 from .schedule import LRSchedule, lr_factor, plan_iterations, scaled_lr
+from .transfer import read_detector_checkpoint, transfer_weights
 from .validator import validate
 
 __all__ = ["run_training", "train_one_epoch", "build_optimizer", "lr_factor", "Loop"]
@@ -167,9 +168,14 @@ def run_training(model_cfg: ModelConfig, args: Args, *, init_state: dict | None 
     seed_everything(args.seed)
 
     pretrained = False if resumed is not None else args.pretrained  # a resumed run has its weights
-    net = build_detector(model_cfg, len(names), pretrained=pretrained).to(device, memory_format=torch.channels_last)
+    detector = read_detector_checkpoint(pretrained)  # pretrained=<otadet .pt>: the whole detector, not only a backbone
+    net = build_detector(model_cfg, len(names), pretrained=False if detector else pretrained)
     if init_state is not None:
         net.load_state_dict(init_state)
+    if detector is not None:
+        transfer_weights(net, detector["model"], src_names=list(detector["names"]), dst_names=names,
+                         keep_class_rows=args.keep_class_rows, source=str(pretrained))  # fmt: skip
+    net.to(device, memory_format=torch.channels_last)
     if model_cfg.num_classes != len(names):
         LOGGER.info(f"{model_cfg.name}: num_classes {model_cfg.num_classes} -> {len(names)} from {spec.yaml_file.name}")
     if is_main():

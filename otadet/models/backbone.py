@@ -134,9 +134,12 @@ class ResNetBackbone(nn.Module):
         freeze_at: int = 2,
         pretrained: str | None = None,
         dcn_stages: tuple[int, ...] | list[int] = (),
+        stride_in_1x1: bool = False,
     ):
         super().__init__()
         net = ARCHS[arch](weights=None, norm_layer=NORMS[norm])
+        if stride_in_1x1:
+            _move_stride_to_1x1(net)
         for stage in dcn_stages:
             assert stage in DCN_STAGES, f"dcn_stages: {stage} not in {DCN_STAGES}"
             for block in getattr(net, f"layer{stage - 1}"):
@@ -156,6 +159,15 @@ class ResNetBackbone(nn.Module):
         c4 = self.layer3(c3)
         c5 = self.layer4(c4)
         return OrderedDict(c3=c3, c4=c4, c5=c5)
+
+
+def _move_stride_to_1x1(net: ResNet) -> None:
+    """MSRA ResNet: each stage's downsampling block strides in its first 1x1 conv instead of the
+    3x3 (torchvision's v1.5). Same weights and shapes; only where the stride-2 sampling happens."""
+    for stage in (net.layer2, net.layer3, net.layer4):
+        block = stage[0]
+        assert hasattr(block, "conv3"), "stride_in_1x1 applies to bottleneck ResNets"
+        block.conv1.stride, block.conv2.stride = block.conv2.stride, block.conv1.stride
 
 
 def _stage_channels(stage: nn.Sequential) -> int:

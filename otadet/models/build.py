@@ -1,9 +1,10 @@
 """build_detector: the only code that turns a model config into modules."""
 
-from ..config import ModelConfig, with_pretrained
+from ..config import InputConfig, ModelConfig, with_pretrained
 from .backbone import ResNetBackbone
 from .detector import STRIDES, OTADetector, build_fpn
 from .head import OTAHead
+from .input_norm import InputNorm
 
 __all__ = ["build_detector"]
 
@@ -19,6 +20,7 @@ def build_detector(cfg: ModelConfig, num_classes: int | None = None, *, pretrain
         freeze_at=cfg.backbone.freeze_at,
         pretrained=cfg.backbone.pretrained,
         dcn_stages=cfg.backbone.dcn_stages,
+        stride_in_1x1=cfg.backbone.stride_in_1x1,
     )
     head = OTAHead(
         in_channels=cfg.fpn.channels,
@@ -30,6 +32,7 @@ def build_detector(cfg: ModelConfig, num_classes: int | None = None, *, pretrain
         # The delta coder regresses raw (dx, dy, dw, dh): no activation, no stride scaling.
         reg_activation=cfg.head.reg_activation if cfg.head.box_coder == "ltrb" else "none",
         dcn_last=cfg.head.dcn_last,
+        level_scales=cfg.head.level_scales,
     )
     return OTADetector(
         backbone=backbone,
@@ -38,4 +41,17 @@ def build_detector(cfg: ModelConfig, num_classes: int | None = None, *, pretrain
         num_classes=num_classes,
         box_coder=cfg.head.box_coder,
         anchor_scale=cfg.head.anchor_scale,
+        point_offset=cfg.head.point_offset,
+        input_norm=_input_norm(cfg.input),
     )
+
+
+def _input_norm(cfg: InputConfig) -> InputNorm | None:
+    """A first layer converting the pipeline's input (InputConfig's defaults) to `cfg`, or None when they agree."""
+    pipeline = InputConfig()
+    if cfg == pipeline:
+        return None
+    return InputNorm(
+        channel_order=cfg.channel_order, pixel_mean=list(cfg.pixel_mean), pixel_std=list(cfg.pixel_std),
+        source_mean=list(pipeline.pixel_mean), source_std=list(pipeline.pixel_std),
+    )  # fmt: skip

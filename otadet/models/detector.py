@@ -17,6 +17,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from .backbone import ResNetBackbone
 from .box_coder import anchor_boxes, decode_deltas, decode_ltrb
 from .head import OTAHead
+from .input_norm import InputNorm
 
 __all__ = ["DenseOutputs", "OTADetector", "anchor_points"]
 
@@ -31,16 +32,17 @@ class DenseOutputs(NamedTuple):
     strides: Tensor  # (A,) stride of each point's level
 
 
-def anchor_points(features: list[Tensor], strides: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-    """Centres of the feature-map cells, level by level, row-major: (A, 2) points and (A,) strides.
+def anchor_points(features: list[Tensor], strides: tuple[int, ...], offset: float = 0.5) -> tuple[Tensor, Tensor]:
+    """Points of the feature-map cells, level by level, row-major: (A, 2) points and (A,) strides.
 
-    Cell (i, j) at stride s sits at (j*s + s//2, i*s + s//2), as FCOS.
+    Cell (i, j) at stride s sits at ((j + offset) * s, (i + offset) * s): its centre for offset
+    0.5 (FCOS; s//2 for the even strides), its corner for 0.0 (torchvision's FCOS, cvpods).
     """
     points, point_strides = [], []
     for x, stride in zip(features, strides):
         h, w = x.shape[-2:]
-        ys = torch.arange(h, device=x.device, dtype=torch.float32) * stride + stride // 2
-        xs = torch.arange(w, device=x.device, dtype=torch.float32) * stride + stride // 2
+        ys = (torch.arange(h, device=x.device, dtype=torch.float32) + offset) * stride
+        xs = (torch.arange(w, device=x.device, dtype=torch.float32) + offset) * stride
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
         points.append(torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), dim=1))
         point_strides.append(torch.full_like(grid_x.reshape(-1), stride))
@@ -64,9 +66,12 @@ class OTADetector(nn.Module):
         num_classes: int,
         box_coder: str = "ltrb",
         anchor_scale: float = 8.0,
+        point_offset: float = 0.5,
+        input_norm: InputNorm | None = None,
     ):
         super().__init__()
         assert box_coder in ("ltrb", "delta"), box_coder
+        self.input_norm = input_norm  # None: the model takes the pipeline's convention as it is
         self.backbone = backbone
         self.fpn = fpn
         self.head = head
@@ -74,11 +79,14 @@ class OTADetector(nn.Module):
         self.strides = STRIDES
         self.box_coder = box_coder
         self.anchor_scale = anchor_scale
+        self.point_offset = point_offset
 
     def forward(self, images: Tensor) -> DenseOutputs:
+        if self.input_norm is not None:
+            images = self.input_norm(images)
         features = list(self.fpn(self.backbone(images)).values())  # P3..P7
         cls_logits, regression, iou_logits = self.head(features, self.strides)  # regression (B, A, 4)
-        points, strides = anchor_points(features, self.strides)
+        points, strides = anchor_points(features, self.strides, self.point_offset)
         if self.box_coder == "delta":
             boxes = decode_deltas(regression, anchor_boxes(points, strides, self.anchor_scale))  # (B, A, 4)
         else:

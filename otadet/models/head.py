@@ -49,6 +49,7 @@ class OTAHead(nn.Module):
         prior_prob: float = 0.01,
         reg_activation: str = "relu",
         dcn_last: bool = False,
+        level_scales: bool = True,
     ):
         super().__init__()
         assert reg_activation in ("relu", "exp", "none"), reg_activation  # none: raw deltas (box_coder delta)
@@ -58,8 +59,8 @@ class OTAHead(nn.Module):
         self.cls_logits = nn.Conv2d(in_channels, num_classes, 3, padding=1)
         self.bbox_pred = nn.Conv2d(in_channels, 4, 3, padding=1)
         self.iou_pred = nn.Conv2d(in_channels, 1, 3, padding=1)
-        # A learnable scale per level for the regression (FCOS).
-        self.scales = nn.Parameter(torch.ones(num_levels))
+        # A learnable scale per level for the regression (FCOS); level_scales=False has none (torchvision's FCOS).
+        self.scales = nn.Parameter(torch.ones(num_levels)) if level_scales else None
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, DeformConv2d)):
                 nn.init.normal_(module.weight, std=0.01)
@@ -75,7 +76,9 @@ class OTAHead(nn.Module):
         for level, (x, stride) in enumerate(zip(features, strides)):
             cls_feat = self.cls_tower(x)
             reg_feat = self.reg_tower(x)
-            reg = self.bbox_pred(reg_feat) * self.scales[level]
+            reg = self.bbox_pred(reg_feat)
+            if self.scales is not None:
+                reg = reg * self.scales[level]
             if self.reg_activation != "none":
                 # Distances normalised by stride (FCOS norm_reg_targets), non-negative.
                 reg = (torch.relu(reg) if self.reg_activation == "relu" else torch.exp(reg)) * stride
