@@ -140,7 +140,7 @@ class Detector:
             self.net, loader, conf=DEFAULT_CONF["val"] if args.conf is None else args.conf, iou=args.iou, max_det=args.max_det,
             pre_nms_topk=args.pre_nms_topk, device=device, names=self.names,
             save_json=save_dir / ("detections.odgt" if spec.format == "crowdhuman" else "detections.json") if save_json else None,
-            verbose=args.verbose, augment=args.augment,
+            verbose=args.verbose, augment=args.augment, half=args.half,
         )  # fmt: skip
         metrics["save_dir"] = str(save_dir)
         (save_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
