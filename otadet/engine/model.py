@@ -162,7 +162,7 @@ class Detector:
             self.net, loader, conf=DEFAULT_CONF["val"] if args.conf is None else args.conf, iou=args.iou, max_det=args.max_det,
             pre_nms_topk=args.pre_nms_topk, device=device, names=self.names,
             save_json=save_dir / ("detections.odgt" if spec.format == "crowdhuman" else "detections.json") if save_json else None,
-            verbose=args.verbose, augment=args.augment,
+            verbose=args.verbose, augment=args.augment, half=args.half,
         )  # fmt: skip
         metrics["save_dir"] = str(save_dir)
         (save_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
@@ -221,6 +221,8 @@ class Detector:
 
         self._pytorch_only("export")
         args = self._args(kwargs, "export")
+        if args.int8 and (args.format != "onnx" or args.half or args.nms):
+            raise ValueError("export int8=True applies to format=onnx without half and nms (NMS runs after the int8 graph)")
         if args.format not in FORMATS:
             raise ValueError(f"export format={args.format!r} is not supported; use format=onnx or format=torchscript")
         if args.simplify and args.format != "onnx":
@@ -260,9 +262,24 @@ class Detector:
         try:
             if args.format == "torchscript":
                 return export_torchscript(self.net, **common)
-            return export_onnx(self.net, opset=args.opset, simplify=args.simplify, **common)
+            file = export_onnx(self.net, opset=args.opset, simplify=args.simplify, **common)
+            return self._quantize(file, args, imgsz) if args.int8 else file
         finally:
             self.net.float()
+
+    def _quantize(self, file: Path, args, imgsz: int) -> Path:
+        """The int8 QDQ file <name>_int8.onnx next to the float32 `file`, calibrated on `args.data` (engine/quantize.py)."""
+        from .exporter import read_metadata
+        from .quantize import calibration_batches, quantize_onnx, write_metadata
+
+        int8_file = file.with_name(f"{file.stem}_int8.onnx")
+        batches = calibration_batches(args.data, imgsz=imgsz, max_size=args.max_size)
+        info = quantize_onnx(file, int8_file, batches)
+        metadata = read_metadata(file)
+        metadata["export_args"] = {**metadata.get("export_args", {}), "int8": True, "data": str(args.data)}
+        write_metadata(int8_file, {**metadata, "int8": info})
+        LOGGER.info(f"int8: saved as {int8_file} ({int8_file.stat().st_size / 1e6:.1f} MB); float32 graph kept as {file}")
+        return int8_file
 
     def _check_names(self, data_names: list[str], data: str) -> None:
         if len(data_names) != len(self.names):

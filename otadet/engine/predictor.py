@@ -8,6 +8,7 @@ is read, predicted and saved at a time, so memory stays flat over a long video.
 Shapes: B=batch, A=anchor points, C=classes, N=detections.
 """
 
+import contextlib
 import json
 import os
 import time
@@ -26,6 +27,7 @@ from ..utils.log import LOGGER
 from ..utils.paths import increment_path
 from ..utils.torch_utils import select_device
 from .backend import ExportedModel
+from .precision import forward, log_precision, prepared, resolve_precision
 from .results import Boxes, Results
 from .sources import IMAGE_EXTENSIONS, Frame, Source, read_frames, resolve_sources
 from .tta import tta_detect
@@ -152,15 +154,16 @@ def iter_predict(
     ...) and annotated videos (<name>.mp4, or .avi where mp4 cannot be encoded); save_txt=True
     YOLO labels labels/<name>.txt (videos: <name>_<frame>.txt), with the score if save_conf;
     save_json=True predictions.json (COCO-style results plus file_name). half=True runs a
-    PyTorch model in FP16 (CUDA only). augment=True: test-time augmentation (engine/tta.py).
+    PyTorch model in FP16 on CUDA, under bf16 autocast on a CPU with bf16 (engine/precision.py);
+    boxes, scores and NMS stay float32. augment=True: test-time augmentation (engine/tta.py).
     """
     if batch < 1:
         raise ValueError(f"predict: batch must be >= 1, got {batch}")
     device = device if isinstance(device, torch.device) else select_device(device)
     classes = _check_classes(classes, len(names))
     exported = isinstance(model, ExportedModel)  # its precision is the file's
-    if half and device.type != "cuda":
-        raise ValueError("predict half=True needs a CUDA device (FP16 is not supported on the CPU): pass device=0 or half=False")
+    precision = resolve_precision(half, device, exported=exported)
+    log_precision(precision, half)
     if half and exported and not model.half:
         LOGGER.warning(f"WARNING: half=True ignored: {model.file} was exported in FP32 (export it with half=True)")
     sources = resolve_sources(source)
@@ -174,9 +177,8 @@ def iter_predict(
     def stream() -> Iterator[Results]:
         was_training = model.training
         model.eval()
-        to_half = half and not exported
-        if to_half:
-            model.half()
+        restore = contextlib.ExitStack()  # closed in `finally`: float32 weights back after a CUDA half run
+        input_dtype = restore.enter_context(prepared(model, precision))
         videos = _VideoWriters(save_dir) if save else None
         json_rows: list[dict] = []
         used_names: set[str] = set()
@@ -195,17 +197,17 @@ def iter_predict(
                     samples.append((tensor, target))
                 inputs = collate(samples, size_divisible=SIZE_DIVISIBLE)
                 resized = [tuple(tensor.shape[1:]) for tensor, _ in samples]  # unpadded (h, w) of each input
-                images = inputs.images.to(device, torch.float16 if to_half else torch.float32)
+                images = inputs.images.to(device, input_dtype)
                 t1 = _sync(device)
-                outputs = model(images)
+                outputs = forward(model, images, precision)  # float32 outputs whatever ran inside
                 t2 = _sync(device)
-                boxes = outputs.boxes.float()  # (B, A, 4)
+                boxes = outputs.boxes  # (B, A, 4)
                 sizes = torch.tensor(resized, dtype=boxes.dtype, device=boxes.device)  # (B, 2) h, w
                 if augment:  # + 17 scaled/flipped passes, one NMS over all (engine/tta.py); timed as postprocess
                     kw = dict(conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk, classes=classes, plain=outputs)
                     detections = tta_detect(model, images, sizes, **kw)
                 else:
-                    scores = dense_scores(outputs.cls_logits.float(), outputs.iou_logits.float())  # (B, A, C)
+                    scores = dense_scores(outputs.cls_logits, outputs.iou_logits)  # (B, A, C)
                     detections = nms(
                         boxes, scores, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk,
                         classes=classes, image_sizes=sizes,
@@ -239,8 +241,7 @@ def iter_predict(
                     yield result
         finally:
             model.train(was_training)
-            if to_half:
-                model.float()
+            restore.close()
             if videos is not None:
                 videos.close()
 

@@ -25,6 +25,8 @@ from ..datasets.crowdhuman import is_ignore as crowdhuman_ignored
 from ..metrics import crowdhuman
 from ..postprocess import dense_scores, nms
 from ..utils.log import LOGGER
+from .backend import ExportedModel
+from .precision import forward, log_precision, prepared, resolve_precision
 from .tta import tta_detect
 
 __all__ = ["METRIC_KEYS", "CROWDHUMAN_KEYS", "coco_evaluate", "validate", "input_sizes"]
@@ -134,6 +136,7 @@ def validate(
     save_json: Path | None = None,
     verbose: bool = True,
     augment: bool = False,
+    half: bool = False,
 ) -> dict:
     """Benchmark metrics of `model` (already on `device`) over `loader` (a DetectionDataset loader).
 
@@ -143,7 +146,8 @@ def validate(
     add 'images', 'instances' and 'speed' {preprocess, inference, postprocess} in ms per image,
     and print a table (per class too if verbose). `save_json` writes the detections there: a
     COCO results list, or for CrowdHuman one .odgt-style JSON record per line.
-    augment=True: test-time augmentation (engine/tta.py).
+    augment=True: test-time augmentation (engine/tta.py). half=True: FP16 on CUDA, bf16 autocast
+    on a CPU with bf16, scoring and NMS in float32 (engine/precision.py).
     """
     dataset = loader.dataset
     if not hasattr(dataset, "image_size") or not hasattr(dataset, "format"):
@@ -154,6 +158,10 @@ def validate(
     names = dict(enumerate(names)) if not isinstance(names, dict) else names
     was_training = model.training
     model.eval()
+    precision = resolve_precision(half, device, exported=isinstance(model, ExportedModel))
+    log_precision(precision, half)
+    restore = contextlib.ExitStack()  # closed in `finally`: float32 weights back after a CUDA half run
+    input_dtype = restore.enter_context(prepared(model, precision))
 
     detections: dict[int, torch.Tensor] = {}  # image id -> (N, 6) x1 y1 x2 y2 score label, annotation pixels
     times = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
@@ -163,7 +171,7 @@ def validate(
         for batch in bar:
             batch = batch.to(device)
             t_pre = _sync(device)
-            outputs = model(batch.images)
+            outputs = forward(model, batch.images.to(input_dtype), precision)  # float32 outputs
             t_infer = _sync(device)
             sizes = input_sizes(batch.orig_sizes, batch.scales)  # (B, 2) h, w
             if augment:  # + 17 scaled/flipped passes, one NMS over all (engine/tta.py); timed as postprocess
@@ -193,6 +201,7 @@ def validate(
             start = time.perf_counter()
     finally:
         bar.close()
+        restore.close()
         model.train(was_training)
 
     speed = {k: 1000 * v / max(len(detections), 1) for k, v in times.items()}

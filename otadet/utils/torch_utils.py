@@ -10,7 +10,7 @@ from torch import nn
 
 from .log import LOGGER
 
-__all__ = ["select_device", "device_list", "AmpSettings", "resolve_amp", "model_summary", "seed_everything"]
+__all__ = ["select_device", "device_list", "AmpSettings", "resolve_amp", "cpu_bf16_supported", "cpu_has_amx", "model_summary", "seed_everything"]
 
 
 def device_list(device: str | int | None) -> list[str]:
@@ -62,12 +62,39 @@ class AmpSettings(NamedTuple):
     note: str  # what was chosen and why, for the log
 
 
+def _cpu_capabilities() -> dict:
+    try:  # torch >= 2.6 reports the CPU's instruction sets (cpuinfo)
+        return torch.cpu.get_capabilities()
+    except (AttributeError, RuntimeError):
+        return {}
+
+
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU has bf16 arithmetic (AVX512_BF16 or AMX-BF16): without it oneDNN emulates
+    bf16 with float32 instructions plus conversions, slower than float32 itself."""
+    caps = _cpu_capabilities()
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (bf16 and int8 matrix units; `lscpu` flag amx_tile)."""
+    caps = _cpu_capabilities()
+    return bool(caps.get("amx_tile") and (caps.get("amx_bf16") or caps.get("amx_int8")))
+
+
 def resolve_amp(amp: bool, device: torch.device, *, bf16_supported: bool | None = None) -> AmpSettings:
     """Mixed-precision settings for `amp` on `device`: CUDA -> bf16 where the GPU supports it
-    (Ampere and newer), else fp16 with a GradScaler; CPU -> off (a no-op, with a note).
-    `bf16_supported` None asks torch.cuda.is_bf16_supported()."""
+    (Ampere and newer), else fp16 with a GradScaler; CPU -> bf16 autocast where the CPU has bf16
+    arithmetic (AVX512_BF16 / AMX), else off with a note (emulated bf16 is slower than float32).
+    `bf16_supported` None asks torch.cuda.is_bf16_supported() or cpu_bf16_supported()."""
     if not amp:
         return AmpSettings(False, torch.float32, False, "amp off: float32")
+    if device.type == "cpu":
+        if bf16_supported is None:
+            bf16_supported = cpu_bf16_supported()
+        if bf16_supported:
+            return AmpSettings(True, torch.bfloat16, False, "amp: bfloat16 autocast on the CPU (assigner and losses in float32)")
+        return AmpSettings(False, torch.float32, False, "amp=True has no effect on this CPU (no avx512_bf16/amx_bf16): training in float32")
     if device.type != "cuda":
         return AmpSettings(False, torch.float32, False, f"amp=True has no effect on {device.type}: training in float32")
     if bf16_supported is None:
