@@ -1,6 +1,6 @@
 """The `otadet` command: a thin layer over Detector's methods (Ultralytics' style).
 
-    otadet MODE key=value ...      MODE: train | val | predict | export | convert | cfg | help | version
+    otadet MODE key=value ...      MODE: train | val | predict | export | convert | assign | cfg | help | version
 
 Values are parsed as YAML scalars/lists (epochs=3 -> int, val=false -> bool, imgsz=[640,800]
 -> list) and checked against cfg/default.yaml, whose defaults give every key's type.
@@ -13,7 +13,7 @@ import yaml
 
 __all__ = ["main", "parse_overrides"]
 
-MODES = ("train", "val", "predict", "export")
+MODES = ("train", "val", "predict", "export", "assign")
 
 HELP = """\
 otadet — train, validate, run and export OTA object detectors.
@@ -26,6 +26,8 @@ Usage:  otadet MODE key=value ...
   otadet export  model=runs/train/exp/weights/best.pt format=onnx       # or format=torchscript, nms=true
   otadet predict model=runs/train/exp/weights/best.onnx source=video.mp4
   otadet convert source=torchvision:fcos_resnet50_fpn                  # or source=ota_r50_1x.pth -> weights/*.pt
+  otadet assign  model=runs/train/exp/weights/best.pt assigner=all   # paper Fig. 3: positives per gt, first val image
+  otadet assign  source=image.jpg labels=image.txt assigner=ota level=all
   otadet cfg     # every key with its default (cfg/default.yaml)
   otadet version
 
@@ -98,7 +100,13 @@ def run(argv: list[str]) -> int:
     if mode == "train" and model is None:
         model = "ota_tiny.yaml"
         print("otadet train: no model= given, using ota_tiny.yaml", file=sys.stderr)
-    if mode == "predict":
+    if mode == "assign" and model is None:  # the newest trained weights, else an untrained ota_tiny (said on the picture)
+        from .utils.paths import newest_weights
+
+        model = newest_weights() or "ota_tiny.yaml"
+        if model == "ota_tiny.yaml":
+            print("otadet assign: no model= and no trained runs/train/*/weights/best.pt: costs from an untrained ota_tiny.yaml", file=sys.stderr)
+    if mode in ("predict", "assign"):
         overrides.setdefault("save", True)  # the CLI writes annotated images by default
     detector = Detector(model, verbose=mode == "train")
     if mode == "train":
@@ -109,6 +117,8 @@ def run(argv: list[str]) -> int:
         # Always streamed: one frame in memory at a time, whatever the source's length.
         for _ in detector.predict(**{**overrides, "stream": True}):
             pass
+    elif mode == "assign":
+        detector.assign(**overrides)
     else:
         path = detector.export(**overrides)
         print(path)

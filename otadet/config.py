@@ -287,7 +287,8 @@ _EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "source": (object,),  # path, glob, folder, array or a list of them: checked by the predictor
     "conf": (float,),
     "workers": (int,),
-    "assigner": (str,),  # ota | fcos | atss | simota; null = the model YAML's
+    "assigner": (str,),  # ota | fcos | atss | simota (assign mode: also all); null = the model YAML's
+    "level": (str, int),  # assign: best | all | a stride | P3..P7
     "schedule": (str,),  # a key of SCHEDULES
     "resume": (bool, str),  # true (model= is the checkpoint), or a run folder / checkpoint path
     "save_json": (bool,),  # null = per mode: val writes its detections, predict does not

@@ -6,6 +6,7 @@ each divided by the number of positives, averaged over ranks and clamped >= 1 (D
 num_boxes), as the official OTA code. Shapes: B=batch, A=anchor points, G=gts, C=classes.
 """
 
+import time
 from functools import partial
 from typing import Callable
 
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from .assign import ASSIGNERS, IGNORE, AssignResult, mark_ignored
+from .assign import ASSIGNERS, IGNORE, AssignResult, mark_ignored, positives_per_gt
 from .config import ModelConfig
 from .models.detector import DenseOutputs
 from .utils.dist import all_reduce_mean
@@ -27,6 +28,9 @@ class OTACriterion:
 
     Ignore regions (B, I, 4) with ignore_mask (B, I): background anchors inside them are left
     out of the classification loss (see otadet.assign.mark_ignored).
+    assign_stats holds the assigner's own statistics plus min_pos_per_gt (fewest positives of
+    any gt), amb_per_image (num_ambiguous / B) and seconds (wall time of the assigner call;
+    on CUDA it includes waiting for the queued forward unless sync_timing synchronises first).
     """
 
     def __init__(
@@ -39,6 +43,7 @@ class OTACriterion:
         giou_weight: float = 2.0,
         iou_branch_weight: float = 0.5,
         quality: str = "iou",
+        sync_timing: bool = False,
     ):
         assert quality in ("iou", "centerness"), quality
         self.quality = quality
@@ -48,6 +53,7 @@ class OTACriterion:
         self.focal_gamma = focal_gamma
         self.giou_weight = giou_weight
         self.iou_branch_weight = iou_branch_weight
+        self.sync_timing = sync_timing
 
     def __call__(
         self,
@@ -59,9 +65,16 @@ class OTACriterion:
         ignore_mask: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         cls_logits, boxes, iou_logits = outputs.cls_logits, outputs.boxes, outputs.iou_logits
+        sync = self.sync_timing and cls_logits.is_cuda
+        if sync:
+            torch.cuda.synchronize(cls_logits.device)
+        start = time.perf_counter()
         targets = self.assigner(
             outputs.points, outputs.strides, cls_logits.detach(), boxes.detach(), gt_boxes, gt_labels, gt_mask
         )
+        if sync:
+            torch.cuda.synchronize(cls_logits.device)
+        seconds = time.perf_counter() - start
         if ignore_boxes is not None:
             targets = mark_ignored(targets, outputs.points, ignore_boxes, ignore_mask)
         positive = targets.matched >= 0  # (B, A)
@@ -87,7 +100,7 @@ class OTACriterion:
         loss_iou = self.iou_branch_weight * loss_iou / num_pos
         loss = loss_cls + loss_box + loss_iou
         items = {"cls": loss_cls.detach(), "box": loss_box.detach(), "iou": loss_iou.detach()}
-        return loss, items, targets.stats
+        return loss, items, {**targets.stats, **_diagnostics(targets, gt_mask, seconds)}
 
 
 def centerness(points: Tensor, boxes: Tensor) -> Tensor:
@@ -101,7 +114,20 @@ def centerness(points: Tensor, boxes: Tensor) -> Tensor:
     return ratio.sqrt()
 
 
-def build_criterion(cfg: ModelConfig, num_classes: int) -> OTACriterion:
+def _diagnostics(targets: AssignResult, gt_mask: Tensor, seconds: float) -> dict[str, Tensor]:
+    """Statistics every assigner gets alike, from its matches: fewest positives of any real gt
+    (0 without gts), ambiguous anchors per image, and the assigner's wall time."""
+    counts = positives_per_gt(targets.matched, gt_mask)  # (B, G)
+    # No host sync: padding reads as the largest count, and a batch without gts as 0.
+    fewest = counts.masked_fill(~gt_mask, torch.iinfo(counts.dtype).max).amin() if counts.numel() else counts.new_zeros(())
+    fewest = torch.where(gt_mask.any(), fewest, 0)
+    out = {"min_pos_per_gt": fewest, "seconds": torch.tensor(seconds)}
+    if "num_ambiguous" in targets.stats:
+        out["amb_per_image"] = targets.stats["num_ambiguous"] / targets.matched.shape[0]
+    return out
+
+
+def build_criterion(cfg: ModelConfig, num_classes: int, *, sync_timing: bool = False) -> OTACriterion:
     knobs = dict(cfg.assigner)
     assigner = partial(ASSIGNERS[knobs.pop("name")], **knobs)
     return OTACriterion(
@@ -112,4 +138,5 @@ def build_criterion(cfg: ModelConfig, num_classes: int) -> OTACriterion:
         giou_weight=cfg.loss.giou_weight,
         iou_branch_weight=cfg.loss.iou_branch_weight,
         quality=cfg.head.quality,
+        sync_timing=sync_timing,
     )

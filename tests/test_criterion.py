@@ -52,7 +52,8 @@ def test_losses_equal_hand_computed_values():
     box_targets = torch.tensor([[gts[0], gts[1], [0, 0, 0, 0], [0, 0, 0, 0]]], dtype=torch.float32)
     iou_targets = torch.tensor([[iou_t[0], iou_t[1], 0.0, 0.0]])
     criterion = OTACriterion(num_classes=2, assigner=_fixed_assigner(matched, labels, box_targets, iou_targets))
-    loss, items, _ = criterion(outputs, None, None, None)
+    gt_boxes, gt_mask = torch.tensor([gts], dtype=torch.float32), torch.ones(1, 2, dtype=torch.bool)
+    loss, items, _ = criterion(outputs, gt_boxes, torch.tensor([[1, 0]]), gt_mask)
 
     onehot = [[0, 1], [1, 0], [0, 0]]  # anchor 3 is ignored: no classification loss
     focal = sum(_focal(cls[a][c], onehot[a][c]) for a in range(3) for c in range(2)) / 2

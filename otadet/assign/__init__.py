@@ -6,6 +6,7 @@ under no_grad and in float32, so they are swappable by name (ASSIGNERS) and test
 Target convention (matched): gt index >= 0, -1 background, -2 ignore.
 """
 
+from ._result import positives_per_gt
 from ._types import BACKGROUND, IGNORE, AssignResult, mark_ignored
 from .atss import atss
 from .fcos import fcos
@@ -19,6 +20,7 @@ __all__ = [
     "BACKGROUND",
     "IGNORE",
     "mark_ignored",
+    "positives_per_gt",
     "ota",
     "fcos",
     "atss",

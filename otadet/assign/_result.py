@@ -9,7 +9,7 @@ from torch import Tensor
 from ._boxes import aligned_iou
 from ._types import BACKGROUND, AssignResult
 
-__all__ = ["targets_from_matches", "all_background", "match_stats"]
+__all__ = ["targets_from_matches", "all_background", "match_stats", "positives_per_gt"]
 
 
 def targets_from_matches(
@@ -50,14 +50,27 @@ def match_stats(claimed: Tensor, positive: Tensor, gt_mask: Tensor) -> dict:
     """Logging statistics from claimed (B, G, A) gt-anchor pairs before the tie-break and the positives (B, A).
 
     mean_k: pairs claimed per gt (each gt's k before ties are resolved); pos_per_gt: positives per
-    gt after; num_ambiguous: anchors claimed by more than one gt.
+    gt after; num_ambiguous: anchors claimed by more than one gt. Not 0-dim (not logged, read by
+    the assignment visualiser): dynamic_k (B, G) each gt's claims, ambiguous (B, A) bool.
     """
     num_gts = gt_mask.sum()
     num_pos = positive.sum()
+    ambiguous = claimed.sum(dim=1) > 1  # (B, A)
     return {
         "num_pos": num_pos,
         "num_gts": num_gts,
         "mean_k": claimed.sum() / num_gts,
         "pos_per_gt": num_pos / num_gts,
-        "num_ambiguous": (claimed.sum(dim=1) > 1).sum(),
+        "num_ambiguous": ambiguous.sum(),
+        "dynamic_k": claimed.sum(dim=2).float(),
+        "ambiguous": ambiguous,
     }
+
+
+def positives_per_gt(matched: Tensor, gt_mask: Tensor) -> Tensor:
+    """Anchors matched to each gt: matched (B, A) (the target convention), gt_mask (B, G) -> (B, G) int64, 0 for padding."""
+    positive = matched >= 0  # (B, A)
+    counts = torch.zeros(gt_mask.shape, dtype=torch.long, device=matched.device)
+    if gt_mask.shape[1] == 0:
+        return counts
+    return counts.scatter_add_(1, torch.where(positive, matched, 0), positive.long()) * gt_mask

@@ -86,5 +86,6 @@ def simota(
     matched = torch.where(claims > 1, cost.argmin(dim=1), claimed.to(torch.uint8).argmax(dim=1))  # (B, A)
     positive = claims > 0
     stats = match_stats(claimed, positive, gt_mask)
-    stats["mean_k"] = (dynamic_k * gt_mask).sum() / stats["num_gts"]
+    stats["dynamic_k"] = dynamic_k * gt_mask  # (B, G)
+    stats["mean_k"] = stats["dynamic_k"].sum() / stats["num_gts"]
     return targets_from_matches(positive, matched, pred_boxes, gt_boxes, gt_labels, C, stats)

@@ -289,5 +289,23 @@ class Detector:
             )
 
 
+    def assign(self, source=None, **kwargs) -> list:
+        """The paper's Figure 3 for one image: which anchors an assigner makes positive for each gt.
+
+        Labels from `data` (its first `split` image without a source; an image id or file name),
+        or labels= a YOLO .txt / COCO .json for source=; assigner= ota | fcos | atss | simota | all;
+        level= best | all | a stride. Costs come from this model's predictions (an untrained model
+        is rebuilt from `seed`, and the picture says so). save=True writes the picture under
+        <project>/assign/<name>/. Returns list[Assignment] (engine/assign_vis.py), one per assigner.
+        """
+        from .assign_vis import visualise_assignment
+
+        self._pytorch_only("assign")
+        if source is not None:
+            kwargs["source"] = source
+        args = self._args(kwargs, "assign")
+        trained = Path(self.source).suffix.lower() in (".pt", ".pth")
+        return visualise_assignment(self.net, self.cfg, self.names, args, weights=self.source, trained=trained)
+
 def _square(imgsz: int | list[int]) -> int:
     return imgsz if isinstance(imgsz, int) else max(imgsz)

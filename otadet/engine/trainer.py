@@ -98,6 +98,7 @@ def train_one_epoch(
     for batch in bar:
         lr = loop.schedule.apply(optimizer, iteration)
         batch = batch.to(loop.device, non_blocking=True)
+        step_start = time.perf_counter()
         with torch.autocast(loop.device.type, dtype=loop.amp.dtype, enabled=loop.amp.enabled):
             # channels_last: ~1.3x faster convolutions on CPU (oneDNN) and with AMP on tensor cores.
             outputs = model(batch.images.contiguous(memory_format=torch.channels_last))
@@ -125,6 +126,8 @@ def train_one_epoch(
         scalars = {**{f"loss/{k}": v.item() for k, v in items.items()}, "loss/total": loss.item()}
         # Every scalar the assigner reports (mean_k, pos_per_gt, ...); (B,)-shaped entries are skipped.
         scalars |= {f"assign/{k}": v.item() for k, v in stats.items() if torch.is_tensor(v) and v.dim() == 0}
+        # Step = forward + assign + losses + backward + update; the .item()s above wait for the device.
+        scalars["assign/time_share"] = scalars.get("assign/seconds", 0.0) / (time.perf_counter() - step_start)
         for k, v in scalars.items():
             sums[k] = sums.get(k, 0.0) + v
         if loop.writer is not None:
@@ -182,7 +185,7 @@ def run_training(model_cfg: ModelConfig, args: Args, *, init_state: dict | None 
         model_summary(net, args.imgsz if isinstance(args.imgsz, int) else max(args.imgsz), model_cfg.name)
     if is_dist() and device.type == "cuda" and any(isinstance(m, nn.BatchNorm2d) for m in net.modules()):
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)  # batch statistics over all GPUs (norm: bn)
-    criterion = build_criterion(model_cfg, len(names))
+    criterion = build_criterion(model_cfg, len(names), sync_timing=args.sync_timing)
 
     train_loader, sampler = _train_loader(spec, args, device)
     ipe = math.ceil(sampler.num_samples / train_loader.batch_size)  # iterations per epoch, per rank

@@ -301,7 +301,7 @@ def test_train_key_assigner_selects_the_baseline(write_data_yaml, tmp_path, monk
 
     used = []
     original = trainer.build_criterion
-    monkeypatch.setattr(trainer, "build_criterion", lambda cfg, n: used.append(original(cfg, n)) or used[-1])
+    monkeypatch.setattr(trainer, "build_criterion", lambda cfg, n, **kw: used.append(original(cfg, n, **kw)) or used[-1])
     data = write_data_yaml(tmp_path / "d.yaml", path=tmp_path / "shapes", builtin="shapes", generate={"seed": 1, "num_train": 4, "num_val": 2})
     model = Detector("ota_tiny.yaml", verbose=False)
     model.train(
