@@ -21,7 +21,10 @@ from otadet.postprocess import dense_scores, nms
 
 CATEGORIES = list(FCOS_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
 ROWS, NAMES = coco_rows(CATEGORIES)
-SIZE = (128, 160)  # h, w: multiples of 32, so torchvision's transform neither resizes nor pads
+# h, w: multiples of 128, so torchvision's transform neither resizes nor pads, and its anchor
+# generator's strides (padded size // feature size) are the nominal ones on every level; at a size
+# that is not a multiple of 128 torchvision's P6/P7 points sit elsewhere (e.g. stride 80 for P7 at w=160).
+SIZE = (128, 256)
 SCORE, NMS_IOU, DETS = 0.2, 0.6, 100  # torchvision FCOS's defaults
 
 
