@@ -30,6 +30,7 @@ class CocoDetection(DetectionDataset):
     """
 
     format = "coco"
+    exif = False  # COCO's width/height are of the stored pixels
 
     def __init__(
         self,
