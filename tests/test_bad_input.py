@@ -69,7 +69,8 @@ def test_cli_answers_in_one_line(argv, code, text, capsys, tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     assert main(argv) == code
     err = capsys.readouterr().err
-    assert err.startswith("otadet: error:") and text in err and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("otadet: error:")]
+    assert len(errors) == 1 and text in errors[0] and "Traceback" not in err
 
 
 def test_cli_unexpected_error_is_one_line_unless_debug(capsys, monkeypatch):
@@ -159,7 +160,7 @@ def test_coco_ids_restarting_per_image_keep_every_box(tmp_path, log):
 
 @pytest.mark.parametrize("images, text", [
     ([{"id": 1, "file_name": "a.png", "width": 80, "height": 50}, {"id": 1, "file_name": "b.png", "width": 80, "height": 50}],
-     "image ids [1] appear more than once"),
+     r"image ids \[1\] appear more than once"),
     ([{"id": "a", "file_name": "a.png", "width": 80, "height": 50}], "integers"),
 ])  # fmt: skip
 def test_coco_bad_image_ids_are_errors_naming_the_file(tmp_path, images, text):
