@@ -2,14 +2,21 @@
 
     otadet MODE key=value ...      MODE: train | val | predict | export | convert | assign | cfg | help | version
 
-Values are parsed as YAML scalars/lists (epochs=3 -> int, val=false -> bool, imgsz=[640,800]
--> list) and checked against cfg/default.yaml, whose defaults give every key's type.
+Values are parsed as YAML scalars/lists (epochs=3 -> int, lr0=1e-4 -> float, val=false -> bool,
+imgsz=[640,800] -> list) and checked against cfg/default.yaml, whose defaults give every key's type.
+
+Every failure ends as one `otadet: error: ...` line (exit 2 for a wrong argument or file, 1 for
+a run that failed); OTADET_DEBUG=1 or an explicit verbose=true argument shows the traceback.
 """
 
+import os
 import sys
+import traceback
 from pathlib import Path
 
 import yaml
+
+from .utils.checks import load_yaml
 
 __all__ = ["main", "parse_overrides"]
 
@@ -49,7 +56,7 @@ def parse_overrides(tokens: list[str]) -> dict:
             raise UsageError(f"argument '{token}' is not key=value (e.g. epochs=3); see `otadet help`")
         key = key.strip().lstrip("-").replace("-", "_")
         try:
-            parsed = yaml.safe_load(value) if value != "" else None
+            parsed = load_yaml(value) if value != "" else None
         except yaml.YAMLError:
             parsed = value
         # A bare comma list like device=0,1 stays a string; YAML turns other things into str anyway.
@@ -141,15 +148,33 @@ def _convert(overrides: dict) -> int:
     return 0
 
 
+def _debug(argv: list[str]) -> bool:
+    """Tracebacks on request: OTADET_DEBUG=1, or verbose=true given explicitly (its default is true)."""
+    explicit = any(a.partition("=")[0].strip("-") == "verbose" and a.partition("=")[2].lower() in ("true", "1", "yes") for a in argv)
+    return os.environ.get("OTADET_DEBUG", "") not in ("", "0") or explicit
+
+
+def _one_line(e: BaseException) -> str:
+    """A failure other than a wrong argument, with its type (KeyError: 99, OSError: ...), where
+    the message alone says too little; multi-line messages (a DataLoader worker's) keep their last line."""
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[-1].strip() if lines else repr(e)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
 
     argv = sys.argv[1:] if argv is None else argv
     try:
         return run(argv)
-    except (UsageError, ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"otadet: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("otadet: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # every failure a user can cause: one line, the traceback only on request
+        if _debug(argv):
+            traceback.print_exc()
+        usage = isinstance(e, (UsageError, ConfigError, FileNotFoundError, ValueError))
+        text = str(e) if usage else _one_line(e)
+        hint = "" if usage or _debug(argv) else " (OTADET_DEBUG=1 shows the traceback)"
+        print(f"otadet: error: {text}{hint}", file=sys.stderr)
+        return 2 if usage else 1

@@ -295,6 +295,37 @@ _EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "pretrained": (str, bool),  # a file, 'torchvision[:WEIGHTS]', true = 'torchvision', false = none
 }
 
+# Valid ranges of numeric run arguments, in interval notation (also the text of the error);
+# a list value (imgsz, classes) is checked item by item.
+_RANGES: dict[str, str] = {
+    "imgsz": "[32, inf)", "max_size": "[32, inf)", "batch": "[1, inf)", "workers": "[0, inf)",
+    "epochs": "[1, inf)", "lr0": "(0, inf)", "momentum": "[0, 1)", "weight_decay": "[0, inf)",
+    "warmup_iters": "[0, inf)", "warmup_factor": "(0, 1]", "lr_steps": "(0, 1)", "lr_gamma": "(0, 1]",
+    "grad_clip": "[0, inf)", "save_period": "[0, inf)", "conf": "[0, 1]", "iou": "[0, 1]", "max_det": "[1, inf)",
+    "pre_nms_topk": "[1, inf)", "line_width": "[1, inf)", "opset": "[7, inf)", "iters": "[0, inf)",
+    "ema_decay": "[0, 1)", "ema_tau": "(0, inf)", "classes": "[0, inf)", "max_pixels": "[1, inf)",
+}  # fmt: skip
+
+
+def _in_range(value: float, interval: str) -> bool:
+    """Whether `value` lies in `interval`, e.g. '[0, 1)' or '(0, inf)'."""
+    low, high = (float(x) for x in interval[1:-1].split(","))
+    above = value >= low if interval[0] == "[" else value > low
+    below = value <= high if interval[-1] == "]" else value < high
+    return above and below
+
+
+def _check_range(key: str, value: Any, where: str) -> None:
+    interval = _RANGES.get(key)
+    if interval is None:
+        return
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+        raise ConfigError(f"{where}: {key}={value!r} must be a number or a list of numbers in {interval}")
+    if (key == "imgsz" and not items) or any(not _in_range(v, interval) for v in items):
+        raise ConfigError(f"{where}: {key}={value!r} is out of range: {key} must be in {interval}")
+
+
 # The paper's schedules (`schedule=` key). Each fills the keys below at the layer that names it,
 # so keys given in the same or a later layer win (make_args). lr0 is for batch 16 and is scaled
 # linearly with `batch`; iteration counts are not.
@@ -333,6 +364,7 @@ def _check_run_args(given: dict, where: str) -> dict:
         if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
             names = " or ".join(t.__name__ for t in allowed)
             raise ConfigError(f"{where}: '{key}' must be {names}, got {type(value).__name__} {value!r}")
+        _check_range(key, value, where)
         out[key] = value
     return out
 

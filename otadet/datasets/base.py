@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..utils.log import LOGGER
+from .image_io import Header, apply_orientation, image_problem, load_image, max_pixels, read_header, read_image
 
 __all__ = ["DetectionDataset", "read_image", "image_sizes", "IMAGE_SUFFIXES"]
 
@@ -25,28 +26,14 @@ Transform = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, np.ndarray, f
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray | None:
-    """uint8 (H, W, 3) BGR, or None if missing or undecodable. EXIF rotation is ignored, as in COCO's sizes."""
-    return cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+def image_sizes(paths: Sequence[Path], cache_file: Path, problems: dict | None = None) -> list[tuple[int, int] | None]:
+    """(h, w) of each image in its displayed frame (EXIF rotation applied), or None if it must be
+    skipped (missing, not a regular file, truncated, over max_pixels, unreadable; the reason goes
+    to `problems[path.name]` when given). Read from headers once and cached.
 
-
-def _header_size(path: Path) -> tuple[int, int] | None:
-    """(h, w) from the file header without decoding the pixels (EXIF rotation ignored), or None."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            w, h = image.size
-        return int(h), int(w)
-    except (OSError, UnidentifiedImageError):
-        return None
-
-
-def image_sizes(paths: Sequence[Path], cache_file: Path) -> list[tuple[int, int] | None]:
-    """(h, w) of each image (None if missing or unreadable), read from headers once and cached.
-
-    The cache is a json {file name: [h, w, mtime_ns]} at `cache_file`; entries whose file
-    changed are read again. A cache that cannot be written is only kept in memory.
+    The cache is a json {file name: [h, w, mtime_ns, orientation]} at `cache_file` (h, w of the
+    stored pixels); entries whose file changed are read again. A cache that cannot be written
+    is only kept in memory.
     """
     try:
         cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
@@ -57,17 +44,22 @@ def image_sizes(paths: Sequence[Path], cache_file: Path) -> list[tuple[int, int]
         try:
             mtime = path.stat().st_mtime_ns
         except OSError:
+            mtime = None
+        entry = cache.get(path.name)
+        if isinstance(entry, list) and len(entry) == 4 and entry[2] == mtime:
+            header = Header(entry[0], entry[1], entry[3])
+            problem = image_problem(path, header) if header.height * header.width > max_pixels() else None
+        else:
+            header = read_header(path) if path.is_file() else None
+            problem = image_problem(path, header) or (None if header else "cannot be read as an image")
+            if problem is None:
+                cache[path.name], changed = [header.height, header.width, mtime, header.orientation], True
+        if problem is not None:
+            if problems is not None:
+                problems[path.name] = problem
             out.append(None)
             continue
-        entry = cache.get(path.name)
-        if not (isinstance(entry, list) and len(entry) == 3 and entry[2] == mtime):
-            size = _header_size(path)
-            if size is None:
-                out.append(None)
-                continue
-            cache[path.name], changed = [*size, mtime], True
-            entry = cache[path.name]
-        out.append((entry[0], entry[1]))
+        out.append(header.size(exif=True))
     if changed:
         try:
             partial = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
@@ -97,6 +89,7 @@ class DetectionDataset(Dataset):
     """
 
     format = "?"
+    exif = True  # read images in their EXIF-rotated frame (the COCO reader: stored pixels, see image_io)
 
     def __init__(
         self,
@@ -142,6 +135,7 @@ class DetectionDataset(Dataset):
             LOGGER.info(f"{source}: {', '.join(parts)} ({len(self._boxes)} boxes, {len(self._ignores)} ignore regions kept)")
         self._bad: set[int] = set()  # indices found unreadable, in this process
         self._resized: set[int] = set()  # indices whose file size differs from the annotation, warned once
+        self._reframed: set[int] = set()  # indices whose EXIF frame differs from the annotation's, warned once
         self._coco = None  # coco_gt(), built on first use
 
     def _clip(self, image_index: np.ndarray, xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -175,15 +169,26 @@ class DetectionDataset(Dataset):
         return self._boxes[a:b], self._labels[a:b], self._ignores[c:d]
 
     def _read(self, index: int) -> np.ndarray | None:
-        """The image at `index`, or None after warning once that it cannot be read."""
+        """The image at `index` in the annotation's frame, or None after warning once that it cannot be read."""
         if index in self._bad:
             return None
         path = self.image_path(index)
-        image = read_image(path)
+        image, problem, header = load_image(path, exif=self.exif)
         if image is None:
             self._bad.add(index)
-            reason = "cannot be decoded (corrupt?)" if path.is_file() else "is missing"
-            LOGGER.warning(f"WARNING: image {path} {reason} — skipped, using the next image instead")
+            LOGGER.warning(f"WARNING: image {path} {problem} — skipped, using the next image instead")
+            return None
+        ann = tuple(int(v) for v in self._sizes[index])
+        if image.shape[:2] != ann and header is not None and header.size(not self.exif) == ann:
+            # The annotation gives the size of the other frame (EXIF rotated or not): its boxes are in that one.
+            if index not in self._reframed:
+                self._reframed.add(index)
+                frame = "stored (unrotated)" if self.exif else "EXIF-rotated"
+                LOGGER.warning(
+                    f"WARNING: {path} has EXIF orientation {header.orientation} but {self.source} gives the size of its "
+                    f"{frame} pixels ({ann[1]}x{ann[0]}) — read in that frame"
+                )
+            image = apply_orientation(image, header.orientation, inverse=self.exif)
         return image
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:

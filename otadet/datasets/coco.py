@@ -7,7 +7,6 @@ order; `cat_ids[label]` maps back, for results files. `iscrowd` boxes become ign
 
 import contextlib
 import io
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from pycocotools.coco import COCO
 
 from ..utils.log import LOGGER
 from .base import DetectionDataset, Transform, read_image
+from .coco_json import read_coco_json
 
 __all__ = ["CocoDetection", "read_image"]
 
@@ -24,12 +24,14 @@ __all__ = ["CocoDetection", "read_image"]
 class CocoDetection(DetectionDataset):
     """Images of `images_dir` with the boxes of the COCO json `ann_file` (see `DetectionDataset`).
 
-    Annotations with an unknown category or image id or a malformed bbox are skipped, and
-    images whose file is missing are left out, each summarised in one warning; the dataset
-    fails only if no image remains. `coco` is the pycocotools index of the whole file.
+    The json is checked and cleaned first (coco_json.read_coco_json: repeated ids, unknown
+    category or image ids, malformed boxes, missing area/iscrowd); images whose file is missing
+    are left out with one warning; the dataset fails only if no image remains. `coco` is the
+    pycocotools index of the cleaned file, which validation scores against.
     """
 
     format = "coco"
+    exif = False  # COCO's width/height are of the stored pixels
 
     def __init__(
         self,
@@ -44,11 +46,10 @@ class CocoDetection(DetectionDataset):
             raise FileNotFoundError(f"{self.ann_file}: annotation file not found")
         if not images_dir.is_dir():
             raise FileNotFoundError(f"{images_dir}: image folder not found (annotations {self.ann_file})")
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-                self.coco = COCO(str(self.ann_file))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{self.ann_file}: not a COCO detection json ({type(e).__name__}: {e})") from e
+        self.coco = COCO()  # indexed from the checked, cleaned records (coco_json): training and COCOeval share them
+        self.coco.dataset, notes = read_coco_json(self.ann_file)
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            self.coco.createIndex()
 
         self.cat_ids: list[int] = sorted(self.coco.cats)  # contiguous label -> COCO category id
         file_names = [self.coco.cats[c].get("name", str(c)) for c in self.cat_ids]
@@ -58,15 +59,11 @@ class CocoDetection(DetectionDataset):
                 f"were given — make the data YAML's 'names:' match, or remove it"
             )
 
-        files, sizes, ids, missing, missing_ids = [], [], [], [], set()
+        files, sizes, ids, missing = [], [], [], []
         for image_id in sorted(self.coco.imgs):
             info = self.coco.imgs[image_id]
-            absent = [key for key in ("file_name", "width", "height") if key not in info]
-            if absent:
-                raise ValueError(f"{self.ann_file}: image id {image_id} has no {', '.join(absent)} — fix the 'images' entry")
             if not (images_dir / info["file_name"]).is_file():
                 missing.append(info["file_name"])
-                missing_ids.add(image_id)
                 continue
             files.append(info["file_name"])
             sizes.append((info["height"], info["width"]))
@@ -80,32 +77,13 @@ class CocoDetection(DetectionDataset):
         index_of = {image_id: i for i, image_id in enumerate(ids)}
         label_of = {cat: label for label, cat in enumerate(self.cat_ids)}
         rows = {0: ([], [], []), 1: ([], [], [])}  # iscrowd -> (image index, xywh, label)
-        unknown_cat, malformed = [], 0
-        for ann in self.coco.anns.values():
-            bbox = ann.get("bbox")
-            if ann.get("image_id") in missing_ids:
-                continue
-            if ann.get("category_id") not in label_of:
-                unknown_cat.append(ann.get("category_id"))
-                continue
-            if ann.get("image_id") not in index_of or not isinstance(bbox, list) or len(bbox) != 4:
-                malformed += 1
-                continue
-            image_index, xywh, labels = rows[1 if ann.get("iscrowd", 0) else 0]
+        for ann in self.coco.anns.values():  # every one well-formed (read_coco_json)
+            if ann["image_id"] not in index_of:
+                continue  # its image file is missing
+            image_index, xywh, labels = rows[ann["iscrowd"]]
             image_index.append(index_of[ann["image_id"]])
-            xywh.append(bbox)
+            xywh.append(ann["bbox"])
             labels.append(label_of[ann["category_id"]])
-        if unknown_cat:
-            LOGGER.warning(
-                f"WARNING: {self.ann_file}: {len(unknown_cat)} annotations with category_id not among the file's "
-                f"categories {self.cat_ids} (e.g. {sorted(set(map(str, unknown_cat)))[:5]}) — skipped; add the "
-                "categories or fix the ids"
-            )
-        if malformed:
-            LOGGER.warning(
-                f"WARNING: {self.ann_file}: {malformed} annotations with an unknown image_id or a bbox that is not "
-                "[x, y, w, h] — skipped"
-            )
         self.num_crowd = len(rows[1][0])
 
         def xyxy(xywh):
@@ -117,7 +95,7 @@ class CocoDetection(DetectionDataset):
             image_ids=ids, names=list(names) if names is not None else file_names, transform=transform,
             box_image=np.array(rows[0][0], np.int64), boxes=xyxy(rows[0][1]), labels=np.array(rows[0][2], np.int64),
             ignore_image=np.array(rows[1][0], np.int64), ignore_boxes=xyxy(rows[1][1]),
-            notes=[f"{self.num_crowd} crowd boxes kept as ignore regions"] if self.num_crowd else [],
+            notes=notes + ([f"{self.num_crowd} crowd boxes kept as ignore regions"] if self.num_crowd else []),
         )  # fmt: skip
 
     def coco_gt(self) -> COCO:

@@ -119,12 +119,13 @@ class CrowdHumanDetection(DetectionDataset):
         self.box = box
         records = read_odgt(self.ann_file, box)
         paths = [images_dir / f"{r['ID']}.jpg" for r in records]
-        sizes = image_sizes(paths, self.ann_file.with_name(self.ann_file.name + ".sizes.json"))
-        missing = [p.name for p, s in zip(paths, sizes) if s is None]
-        if missing:
+        problems: dict[str, str] = {}
+        sizes = image_sizes(paths, self.ann_file.with_name(self.ann_file.name + ".sizes.json"), problems)
+        if problems:
+            first = ", ".join(f"{name} {why}" for name, why in list(problems.items())[:3])
             LOGGER.warning(
-                f"WARNING: {len(missing)} of {len(records)} images listed in {self.ann_file} are missing or unreadable "
-                f"in {images_dir} (first: {', '.join(missing[:3])}) — skipped"
+                f"WARNING: {len(problems)} of {len(records)} images listed in {self.ann_file} cannot be used "
+                f"in {images_dir} (first: {first}) — skipped"
             )
         kept = [k for k, s in enumerate(sizes) if s is not None]
         self.records: list[dict] = [records[k] for k in kept]

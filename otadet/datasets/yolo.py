@@ -87,12 +87,11 @@ class YoloDetection(DetectionDataset):
         cache = self.labels_dir.parent / f"{self.labels_dir.name}.sizes.json"
         if not self.labels_dir.parent.is_dir():
             cache = images_dir.parent / f"{images_dir.name}.sizes.json"
-        sizes = image_sizes(paths, cache)
-        unreadable = [p.name for p, s in zip(paths, sizes) if s is None]
-        if unreadable:
-            LOGGER.warning(
-                f"WARNING: {len(unreadable)} images in {images_dir} cannot be read (first: {', '.join(unreadable[:3])}) — skipped"
-            )
+        problems: dict[str, str] = {}
+        sizes = image_sizes(paths, cache, problems)
+        if problems:
+            first = ", ".join(f"{name} {why}" for name, why in list(problems.items())[:3])
+            LOGGER.warning(f"WARNING: {len(problems)} images in {images_dir} cannot be used (first: {first}) — skipped")
         paths = [p for p, s in zip(paths, sizes) if s is not None]
         sizes = np.array([s for s in sizes if s is not None], np.int64).reshape(-1, 2)  # (I, 2) h, w
 

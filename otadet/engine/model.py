@@ -87,8 +87,12 @@ class Detector:
     # ------------------------------------------------------------------ helpers
     def _args(self, overrides: dict, mode: str = "") -> Args:
         """Precedence: cfg/default.yaml < model YAML train: < checkpoint's train args < overrides."""
+        from ..datasets.image_io import set_max_pixels
+
         model_defaults = {**(self.cfg.train if self.cfg is not None else {}), **self.train_args}
-        return make_args(overrides, model_defaults=model_defaults, where=f"{mode} arguments")
+        args = make_args(overrides, model_defaults=model_defaults, where=f"{mode} arguments")
+        set_max_pixels(args.max_pixels)  # read by every image read of this process and its forked workers
+        return args
 
     def _pytorch_only(self, mode: str) -> None:
         if isinstance(self.net, ExportedModel):

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from ..datasets.coco import read_image
+from ..datasets.image_io import load_image
 from ..utils.log import LOGGER
 
 __all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "Source", "Frame", "resolve_sources", "read_frames"]
@@ -71,6 +71,13 @@ def _file_source(path: Path) -> Source:
     return Source(str(path), None, kind)
 
 
+def _webcam(index: int) -> Source:
+    # cv2.VideoCapture(-1) means "any camera" on some backends and crashes the process on others.
+    if index < 0:
+        raise ValueError(f"source={index}: a webcam index is 0, 1, 2, ... (0 is the first camera)")
+    return Source(f"webcam{index}", None, "webcam", index)
+
+
 def _is_media(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 
@@ -112,7 +119,7 @@ def resolve_sources(source, *, _depth: int = 0) -> list[Source]:
             in_memory += 1
             continue
         if isinstance(item, int) and not isinstance(item, bool):
-            out.append(Source(f"webcam{item}", None, "webcam", item))
+            out.append(_webcam(item))
             continue
         if not isinstance(item, (str, os.PathLike)):
             raise TypeError(
@@ -130,8 +137,10 @@ def resolve_sources(source, *, _depth: int = 0) -> list[Source]:
             out += _list_file(path, _depth)
         elif path.is_file():
             out.append(_file_source(path))  # an explicit file is tried whatever its extension
-        elif text.isdigit():
-            out.append(Source(f"webcam{text}", None, "webcam", int(text)))
+        elif path.exists():  # reading a FIFO or a device would block or never end
+            raise ValueError(f"source {text} is not a regular file, folder or .txt list (a FIFO, device or socket?)")
+        elif text.lstrip("-").isdigit():
+            out.append(_webcam(int(text)))
         elif any(c in text for c in _GLOB_CHARS):
             files = [p for p in sorted(Path(p) for p in glob.glob(text, recursive=True)) if _is_media(p)]
             if not files:
@@ -148,8 +157,10 @@ def resolve_sources(source, *, _depth: int = 0) -> list[Source]:
 def _read_capture(src: Source) -> Iterator[Frame]:
     capture = cv2.VideoCapture(src.index if src.kind == "webcam" else src.path)
     if not capture.isOpened():
-        what = f"webcam {src.index}" if src.kind == "webcam" else f"video {src.path}"
-        raise OSError(f"cannot open {what} with cv2.VideoCapture (missing device or codec)")
+        if src.kind == "video":  # as an unreadable image: skipped, the other sources still run
+            LOGGER.warning(f"WARNING: video {src.path} cannot be opened with cv2.VideoCapture (corrupt, or no codec) — skipped")
+            return
+        raise OSError(f"cannot open webcam {src.index} with cv2.VideoCapture (no such camera, or it is busy)")
     frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if src.kind == "video" else 0
     fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
     fps = fps if 0 < fps < 1000 else 30.0  # webcams and some containers report 0 or nonsense
@@ -168,15 +179,15 @@ def _read_capture(src: Source) -> Iterator[Frame]:
 def read_frames(sources: list[Source]) -> Iterator[Frame]:
     """Each source's images: one Frame per image, or per frame of a video / webcam (read lazily).
 
-    An unreadable image file is skipped with a warning; a video or webcam that cannot be
+    An unreadable image or video file is skipped with a warning; a webcam that cannot be
     opened raises OSError.
     """
     for src in sources:
         if src.kind in ("video", "webcam"):
             yield from _read_capture(src)
             continue
-        image = src.array if src.array is not None else read_image(src.path)
+        image, problem = (src.array, None) if src.array is not None else load_image(src.path)[:2]
         if image is None:
-            LOGGER.warning(f"WARNING: {src.path} cannot be read as an image (corrupt or not an image) — skipped")
+            LOGGER.warning(f"WARNING: {src.path} {problem} — skipped")
             continue
         yield Frame(src, image, None, None, None)

@@ -118,6 +118,7 @@ def train_one_epoch(
             torch.nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
         loop.scaler.step(optimizer)
         loop.scaler.update()
+        _check_finite_weights(loop.net, iteration)  # before any save: non-finite weights never reach a checkpoint
         iteration += 1
         steps += 1
         if loop.ema is not None:
@@ -320,11 +321,29 @@ def _wrap(net: nn.Module, device: torch.device, *, compile_model: bool) -> nn.Mo
     return model
 
 
+def _check_finite_weights(net: nn.Module, iteration: int) -> None:
+    """Raise if a step left any parameter inf or NaN (a finite loss can still blow up the weights)."""
+    largest = torch.nn.utils.get_total_norm([p.detach() for p in net.parameters()], norm_type=float("inf"))
+    if not torch.isfinite(largest):
+        raise FloatingPointError(
+            f"the weights are not finite after the optimizer step at iteration {iteration}; nothing of this step was "
+            "saved (weights/last.pt, if any, is the last good checkpoint) — lower lr0, raise warmup_iters or set grad_clip"
+        )
+
+
 def _run_dir(args: Args) -> Path:
-    """A resumed run continues in its own folder; a new one gets runs/train/exp, exp2, ..."""
+    """A resumed run continues in its own folder; a new one gets runs/train/exp, exp2, ...
+    exist_ok=True reuses a folder, but never one that holds another run's weights."""
     if args.resume:
         return Path(args.resume).resolve().parent.parent
-    return increment_path(Path(args.project) / "train" / args.name, exist_ok=args.exist_ok)
+    path = increment_path(Path(args.project) / "train" / args.name, exist_ok=args.exist_ok)
+    held = [p.name for p in (path / "weights").glob("*.pt")] if (path / "weights").is_dir() else []
+    if held:
+        raise ConfigError(
+            f"exist_ok=True: {path} holds another run's weights ({', '.join(sorted(held))}); a new run never overwrites "
+            f"them — continue it with resume={path}, pick another name=, or delete the folder"
+        )
+    return path
 
 
 def _set_determinism(on: bool) -> None:

@@ -6,6 +6,7 @@ A checkpoint holds everything to rebuild and resume: {'format', 'version', 'date
 """
 
 import os
+import shutil
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +33,13 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # disk full shows as torch's "unexpected pos ..." RuntimeError
+        Path(tmp).unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        raise OSError(
+            f"could not write checkpoint {path} ({type(e).__name__}: {e}); {free / 2**30:.2f} GiB free on "
+            f"{path.parent} — free some space or set project= to another disk; the previous {path.name}, if any, is intact"
+        ) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -1,16 +1,35 @@
 """Validation at the edge, shared by the model/run config and the data YAMLs.
 
-YAML is read with yaml.safe_load only; unknown keys fail with the nearest valid names
-(difflib), as Ultralytics' check_dict_alignment does.
+YAML is read with a yaml.SafeLoader (no Python objects, ever) that also reads numbers written
+with an exponent and no dot (1e-4, 5E3) as floats: PyYAML follows YAML 1.1, where those are
+strings, while YAML 1.2, JSON and Python read them as numbers, as users type them. Unknown
+keys fail with the nearest valid names (difflib), as Ultralytics' check_dict_alignment does.
 """
 
 import difflib
 import os
+import re
 from pathlib import Path
 
 import yaml
 
-__all__ = ["ConfigError", "read_yaml", "check_keys"]
+__all__ = ["ConfigError", "read_yaml", "check_keys", "load_yaml"]
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader plus YAML 1.2's floats: 1e-4, 2E5, 1.5e3 (YAML 1.1 needs '1.0e-4')."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text_or_stream):
+    """yaml.safe_load with YAML 1.2 exponent floats (see the module docstring)."""
+    return yaml.load(text_or_stream, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
 class ConfigError(ValueError):
@@ -22,7 +41,7 @@ def read_yaml(path: str | os.PathLike) -> dict:
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = load_yaml(f)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
     if data is None:

@@ -56,7 +56,7 @@ def test_sizes_are_cached_next_to_the_annotations(shapes_formats, monkeypatch):
     def no_header(path):
         raise AssertionError("sizes must come from the cache")
 
-    monkeypatch.setattr(base, "_header_size", no_header)
+    monkeypatch.setattr(base, "read_header", no_header)
     assert len(build_dataset(spec, "val", imgsz=128, max_size=1000, augment=False)) == 4
 
 
