@@ -1,6 +1,7 @@
 """OTA assignment speed and memory: the per-image all-anchor reference vs the batched compacted assigner.
 
     python benchmarks/assigner.py [--device cpu|cuda] [--repeat N] [--threads T]
+    python benchmarks/assigner.py --scaling [--device cpu|cuda] [--repeat N] [--threads T]
 
 The reference is tests/assign/test_ota.py::reference_ota, written the official code's way
 (one image at a time, every anchor, a (G, A, C) one-hot focal cost, u/v Sinkhorn). The
@@ -13,14 +14,20 @@ the two agree on, the compacted solve against ota(compact=False) and the sparse 
 the dense one, which must be equal.
 A second table reports the Sinkhorn early stop (`tol`) against the official fixed 50
 iterations: iterations run, speed, marginal error and the anchors whose assignment differs.
+`--scaling` prints instead how the batched assigner's time and peak memory per image grow
+with the gts per image (1 to 500, at 800x1333), beside the (gt, candidate) pairs and G*A: the
+cost should follow the pairs, never G*A*C.
 Peak memory: CUDA max_memory_allocated on a GPU; on the CPU the process's peak resident set
 growth (VmHWM after a reset through /proc/self/clear_refs, Linux only; pages freed by an
 earlier case can hide part of a later one's growth, so treat CPU figures as lower bounds).
 """
 
 import argparse
+import ctypes
+import os
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -97,7 +104,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--tols", default="0.1,0.01,0.001", help="early-stop tolerances for the second table ('' skips it)")
     parser.add_argument("--tol-iters", type=int, default=1000, help="the iteration cap with an early stop")
+    parser.add_argument("--scaling", action="store_true", help="time and memory per image against gts per image, then exit")
+    parser.add_argument("--scaling-batch", type=int, default=2, help="images per call in the --scaling table")
     args = parser.parse_args()
+    if args.scaling:
+        torch.set_num_threads(args.threads)
+        return scaling_table(torch.device(args.device), args.repeat, args.threads, args.scaling_batch)
     tols = [float(t) for t in args.tols.split(",")] if args.tols else []
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -161,6 +173,61 @@ def early_stop_table(batches: dict, tols: list[float], cap: int) -> None:
             alike = (out.matched == fixed.matched).float().mean().item()
             print(f"| {case} | {label} | {int(out.stats['sinkhorn_iters'])} | {B / seconds[key]:.1f} | "
                   f"{float(out.stats['marginal_error']):.1e} | {alike:.4%} |")  # fmt: skip
+
+
+SCALING_GTS = (1, 10, 50, 100, 300, 500)
+
+
+def sampled_peak_mib(fn, device: torch.device, period: float = 5e-4) -> float:
+    """Peak extra memory of one call in MiB: CUDA max_memory_allocated on a GPU; on the CPU the
+    resident set sampled every `period` s by a thread, with glibc's mmap threshold pinned low
+    (mallopt) so that freed tensors leave the resident set (Linux; a lower bound)."""
+    if device.type == "cuda":
+        return peak_memory(fn, device)[0]
+    ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: large blocks are unmapped on free
+    statm, page = Path("/proc/self/statm"), os.sysconf("SC_PAGE_SIZE")
+    base = peak = int(statm.read_text().split()[1])
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, int(statm.read_text().split()[1]))
+            time.sleep(period)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    fn()
+    done.set()
+    sampler.join()
+    return (peak - base) * page / 2**20
+
+
+def scaling_table(device: torch.device, repeat: int, threads: int, batch_size: int) -> None:
+    """ota (its defaults) on batches of `batch_size` 800x1333 images of G gts each, G in SCALING_GTS:
+    the cases timed round by round (medians), then one call each for the memory."""
+    from otadet.assign._boxes import centre_candidates
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {threads} threads"
+    print(f"torch {torch.__version__}, {name}")
+    print(f"command: python benchmarks/assigner.py --scaling --device {device.type} --repeat {repeat} "
+          f"--threads {threads} --scaling-batch {batch_size}\n")  # fmt: skip
+    points, strides = fcos_points(800, 1333)
+    pts, st = points.to(device), strides.to(device)
+    batches = {}
+    for G in SCALING_GTS:
+        gen = torch.Generator().manual_seed(G)
+        batches[G] = tuple(t.to(device) for t in pad_batch([random_scene(gen, G, points, strides, 80) for _ in range(batch_size)]))
+    seconds, results = median_seconds({G: lambda b=b: ota(pts, st, *b) for G, b in batches.items()}, device, repeat)
+    print("| gts / image | (gt, candidate) pairs / image | G*A / image | ms / image | x of 1 gt | peak MiB / image | sparse | iters |")
+    print("|---|---|---|---|---|---|---|---|")
+    for G, batch in batches.items():
+        pairs = centre_candidates(pts, st, batch[2], radius=2.5, margin=0.01).sum().item() / batch_size
+        mem = sampled_peak_mib(lambda: ota(pts, st, *batch), device)
+        stats = results[G].stats
+        print(f"| {G} | {pairs:.0f} | {G * points.shape[0]} | {1e3 * seconds[G] / batch_size:.1f} | "
+              f"{seconds[G] / seconds[SCALING_GTS[0]]:.1f} | {mem / batch_size:.1f} | {int(stats['sparse'])} | "
+              f"{int(stats['sinkhorn_iters'])} |")  # fmt: skip
 
 
 if __name__ == "__main__":

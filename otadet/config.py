@@ -2,8 +2,8 @@
 
 Two sources, one rule each:
 - A model YAML (cfg/ota_*.yaml) is checked against the frozen dataclasses below. Assigner
-  knobs are checked against the assigner function's own keyword-only signature, so the
-  paper's defaults live in exactly one place (the function).
+  knobs are checked against the assigner's knobs dataclass (OTA's OTAKnobs) or else its own
+  keyword-only signature, so the paper's defaults live in exactly one place.
 - Run arguments (train/val/predict/export) come from cfg/default.yaml, which holds every key
   and its default; a value's type is its default's type. A model YAML may carry a `train:`
   mapping of run-argument defaults for that model (e.g. a CPU-sized image size).
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from .assign import ASSIGNERS
+from .assign import ASSIGNER_KNOBS, ASSIGNERS
 from .models.backbone import ARCHS, DCN_STAGES, NORMS, pretrained_file
 from .utils.checks import ConfigError, check_keys, read_yaml
 from .utils.paths import asset_dir, find_asset
@@ -216,11 +216,14 @@ def _check_assigner(value: Any, where: str) -> dict:
     name = value.get("name", "ota")
     if name not in ASSIGNERS:
         check_keys({name: 0}, ASSIGNERS, f"{where}: assigner.name")
-    params = {  # knob -> its annotated type (e.g. `int | None`), else its default's type
-        p.name: type(p.default) if p.annotation is inspect.Parameter.empty else p.annotation
-        for p in inspect.signature(ASSIGNERS[name]).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
+    if name in ASSIGNER_KNOBS:  # knob -> its field's type, from the assigner's frozen knobs dataclass
+        params = {f.name: f.type for f in dataclasses.fields(ASSIGNER_KNOBS[name])}
+    else:  # knob -> its annotated type (e.g. `int | None`), else its default's type
+        params = {
+            p.name: type(p.default) if p.annotation is inspect.Parameter.empty else p.annotation
+            for p in inspect.signature(ASSIGNERS[name]).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
     knobs = {k: v for k, v in value.items() if k != "name"}
     check_keys(knobs, params, f"{where}: assigner ({name})")
     for key, v in knobs.items():
@@ -230,6 +233,11 @@ def _check_assigner(value: Any, where: str) -> dict:
             knobs[key] = tuple(float(x) for x in v)
         else:
             knobs[key] = _check_type(v, params[key], f"assigner.{key}", where)
+    if name in ASSIGNER_KNOBS:
+        try:  # the dataclass's own checks (ranges), once, when the YAML loads
+            ASSIGNER_KNOBS[name](**knobs)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
     return {"name": name, **knobs}
 
 

@@ -10,12 +10,14 @@ from ._result import positives_per_gt
 from ._types import BACKGROUND, IGNORE, AssignResult, mark_ignored
 from .atss import atss
 from .fcos import fcos
-from .ota import ota
+from .ota import OTAKnobs, ota
 from .simota import simota
 from .sinkhorn import sinkhorn
 
 __all__ = [
     "ASSIGNERS",
+    "ASSIGNER_KNOBS",
+    "OTAKnobs",
     "AssignResult",
     "BACKGROUND",
     "IGNORE",
@@ -30,3 +32,6 @@ __all__ = [
 
 # The paper's OTA and the baselines it is compared with, by the name a model YAML uses.
 ASSIGNERS = {"ota": ota, "fcos": fcos, "atss": atss, "simota": simota}
+# Assigners whose knobs are a frozen dataclass (the YAML's `assigner:` maps onto its fields);
+# the others take theirs as keyword-only arguments.
+ASSIGNER_KNOBS = {"ota": OTAKnobs}

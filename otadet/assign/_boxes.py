@@ -17,7 +17,7 @@ __all__ = [
     "nearest_per_level",
     "aligned_iou",
     "inside_boxes",
-    "square_boxes",
+    "anchor_boxes",
 ]
 
 
@@ -89,9 +89,10 @@ def inside_boxes(points: Tensor, boxes: Tensor, *, margin: float = 0.0) -> Tenso
     return (x - x1 > margin) & (y - y1 > margin) & (x2 - x > margin) & (y2 - y > margin)
 
 
-def square_boxes(points: Tensor, sides: Tensor) -> Tensor:
-    """Squares of side sides (A,) centred on points (A, 2) -> (A, 4) xyxy (an anchor box per point)."""
-    half = (sides / 2)[:, None]  # (A, 1)
+def anchor_boxes(points: Tensor, strides: Tensor, scale: float) -> Tensor:
+    """One square anchor per point (A, 2), side scale * stride (A,) -> (A, 4) xyxy (ATSS's anchors,
+    and the delta box coder's: otadet.models.box_coder re-exports it)."""
+    half = (scale * strides / 2)[:, None]  # (A, 1)
     return torch.cat((points - half, points + half), dim=1)
 
 

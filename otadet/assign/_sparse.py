@@ -17,10 +17,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._transport import AMBIGUOUS_SHARE, Solved
+from ._transport import Solved, read_out
 from .sinkhorn import CHECK_EVERY, columns_within
 
-__all__ = ["segment_logsumexp", "sparse_sinkhorn_potentials", "solve_support"]
+__all__ = ["segment_logsumexp", "sparse_sinkhorn_potentials", "solve_support", "PairPlan"]
 
 
 def segment_logsumexp(values: Tensor, index: Tensor, size: int) -> Tensor:
@@ -85,27 +85,48 @@ def solve_support(
     demand = torch.cat((kept.to(dtype), dropped.to(dtype)[:, None]), dim=1).reshape(-1)  # (N,)
     solution = sparse_sinkhorn_potentials(kernel, rows, cols, supply.to(dtype).reshape(-1), demand, iters, tol)
 
-    R, N = B * M, B * (K + 1)
     plan = torch.exp(kernel + solution.f[rows] + solution.g[cols])  # (P,)
-    column = plan.new_zeros(N).index_add_(0, cols, plan)  # (N,)
-    marginal_error = ((column - demand).abs() / demand.clamp(min=1) * (demand > 0)).amax()
-    # Each dropped anchor gets the virtual column's background share per unit.
-    background_max = plan.new_zeros(B).index_add_(0, b[is_virtual], plan[is_virtual]) / dropped.to(dtype).clamp(min=1)
     real = ~is_virtual
-    plan, rows, cols, i = plan[real], rows[real], cols[real], i[real]
-    largest = plan.new_zeros(N).scatter_reduce_(0, cols, plan, "amax")  # (N,)
-    shares = largest / column.clamp(min=torch.finfo(dtype).tiny)
-    kept_columns = torch.cat((kept, kept.new_zeros(B, 1)), dim=1).reshape(-1)  # (N,)
-    num_ambiguous = ((shares < AMBIGUOUS_SHARE) & kept_columns).sum()
-    if rescale:
-        # Official code: scale each supplier's row so its largest share is 1.
-        row_max = plan.new_zeros(R).scatter_reduce_(0, rows, plan, "amax").reshape(B, M)
-        row_max[:, -1] = row_max[:, -1].maximum(background_max)
-        row_max = row_max.reshape(-1)[rows]  # (P,)
-        plan = torch.where(row_max > 0, plan / row_max, plan)
-    # The argmax over suppliers, first on ties (as torch.argmax over the dense column).
-    best = plan.new_full((N,), float("-inf")).scatter_reduce_(0, cols, plan, "amax")
-    candidate_row = torch.where(plan == best[cols], i, M)  # (P,)
-    choice = torch.full((N,), M, dtype=torch.long, device=cost.device).scatter_reduce_(0, cols, candidate_row, "amin")
-    choice = torch.where(kept, choice.reshape(B, K + 1)[:, :K], M - 1)  # (B, K)
+    plan = PairPlan(
+        values=plan[real], rows=rows[real], cols=cols[real], suppliers_of=i[real], suppliers=M,
+        columns=plan.new_zeros(B * (K + 1)).index_add_(0, cols, plan).reshape(B, K + 1),
+        virtual=plan.new_zeros(B).index_add_(0, b[is_virtual], plan[is_virtual]),  # one pair per image
+    )  # fmt: skip
+    demand = demand.reshape(B, K + 1)
+    choice, marginal_error, num_ambiguous = read_out(plan, demand, kept, dropped.to(dtype), rescale)
     return Solved(choice, solution.f.reshape(B, M), marginal_error, num_ambiguous, solution.iters)
+
+
+class PairPlan(NamedTuple):
+    """A transport plan stored as its support pairs (the sparse solve's), for _transport.read_out.
+    Columns are numbered image by image, K+1 each (the virtual column last)."""
+
+    values: Tensor  # (P,) the plan at the pairs of kept columns
+    rows: Tensor  # (P,) row of each pair, image * M + supplier
+    cols: Tensor  # (P,) column of each pair, image * (K+1) + column
+    suppliers_of: Tensor  # (P,) supplier of each pair, in [0, M)
+    suppliers: int  # M
+    columns: Tensor  # (B, K+1) column sums, virtual column included
+    virtual: Tensor  # (B,) the virtual column's one entry (the background's)
+
+    def column_max(self) -> Tensor:  # (B, K)
+        B, K1 = self.columns.shape
+        return self.values.new_zeros(B * K1).scatter_reduce_(0, self.cols, self.values, "amax").reshape(B, K1)[:, :-1]
+
+    def row_max(self) -> Tensor:  # (B, M)
+        B = self.columns.shape[0]
+        return self.values.new_zeros(B * self.suppliers).scatter_reduce_(0, self.rows, self.values, "amax").reshape(B, -1)
+
+    def rows_divided(self, row_max: Tensor) -> "PairPlan":
+        """Each row divided by row_max (B, M) where that is > 0."""
+        scale = row_max.reshape(-1)[self.rows]  # (P,)
+        return self._replace(values=torch.where(scale > 0, self.values / scale, self.values))
+
+    def first_argmax(self) -> Tensor:
+        """(B, K) the supplier of each column's largest entry, first on ties (as torch.argmax
+        over the dense column); M for a column without pairs."""
+        B, K1 = self.columns.shape
+        best = self.values.new_full((B * K1,), float("-inf")).scatter_reduce_(0, self.cols, self.values, "amax")
+        candidate_row = torch.where(self.values == best[self.cols], self.suppliers_of, self.suppliers)  # (P,)
+        choice = torch.full((B * K1,), self.suppliers, dtype=torch.long, device=self.values.device)
+        return choice.scatter_reduce_(0, self.cols, candidate_row, "amin").reshape(B, K1)[:, :-1]

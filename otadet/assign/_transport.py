@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .sinkhorn import sinkhorn_potentials
 
-__all__ = ["Solved", "kept_order", "solve_kept", "leak_bound", "leaks", "orphan_columns", "AMBIGUOUS_SHARE", "LEAK_TOL"]
+__all__ = ["Solved", "DensePlan", "read_out", "kept_order", "solve_kept", "leak_bound", "leaks", "orphan_columns", "AMBIGUOUS_SHARE", "LEAK_TOL"]
 
 AMBIGUOUS_SHARE = 0.9  # N_amb (the paper's ambiguity statistic): an anchor is ambiguous when no supplier sends it >= 90% of its unit
 LEAK_TOL = 1e-8  # mass a gt may send to dropped columns (bounded after the solve) for the solve to count as exact
@@ -58,23 +58,59 @@ def solve_kept(
     mask[:, :-1, K] = False  # the virtual column: background only
     solution = sinkhorn_potentials(cost, supply, demand, eps=eps, iters=iters, mask=mask, tol=tol)
     plan = solution.plan()  # (B, M, K+1)
+    plan = DensePlan(values=plan[:, :, :K], columns=plan.sum(dim=1), virtual=plan[:, -1, K])
+    choice, marginal_error, num_ambiguous = read_out(plan, demand, kept, dropped, rescale)
+    return Solved(choice, solution.f, marginal_error, num_ambiguous, solution.iters)
+
+
+class DensePlan(NamedTuple):
+    """A transport plan stored whole (the dense solve's), for `read_out`."""
+
+    values: Tensor  # (B, M, K) the kept columns
+    columns: Tensor  # (B, K+1) column sums, the virtual column last
+    virtual: Tensor  # (B,) the virtual column's one entry (the background's)
+
+    @property
+    def suppliers(self) -> int:  # M
+        return self.values.shape[1]
+
+    def column_max(self) -> Tensor:  # (B, K)
+        return self.values.amax(dim=1)
+
+    def row_max(self) -> Tensor:  # (B, M) over the kept columns
+        return self.values.amax(dim=2)
+
+    def rows_divided(self, row_max: Tensor) -> "DensePlan":
+        """Each row divided by row_max (B, M) where that is > 0."""
+        scale = row_max[:, :, None]  # (B, M, 1)
+        return self._replace(values=torch.where(scale > 0, self.values / scale, self.values))
+
+    def first_argmax(self) -> Tensor:  # (B, K) the supplier of the largest entry, first on ties
+        return self.values.argmax(dim=1)
+
+
+def read_out(plan, demand: Tensor, kept: Tensor, dropped: Tensor, rescale: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The assignment and the statistics of a plan, however it is stored (DensePlan, _sparse.PairPlan).
+
+    demand (B, K+1) (the virtual column's is `dropped`), kept (B, K), dropped (B,) ->
+    choice (B, K) supplier of each kept anchor (M-1 = background at padding), marginal_error (),
+    num_ambiguous ().
+    """
+    K = kept.shape[1]
     # Per anchor: the virtual column's error is shared by its D anchors alike.
-    marginal_error = ((plan.sum(dim=1) - demand).abs() / demand.clamp(min=1) * (demand > 0)).amax()
-    # Each dropped anchor gets the virtual column's background share per unit, exp(f_bg - f_bg_previous)
-    # (1 once converged); the background row's max over all anchors counts it.
-    background_max = plan[:, -1, K] / dropped.clamp(min=1)  # (B,)
-    plan = plan[:, :, :K]
-    column = plan.sum(dim=1)  # (B, K)
+    marginal_error = ((plan.columns - demand).abs() / demand.clamp(min=1) * (demand > 0)).amax()
     # A column is one unit: an anchor whose max share is < 0.9 necessarily gets >= 0.1 foreground mass.
-    shares = plan.amax(dim=1) / column.clamp(min=torch.finfo(plan.dtype).tiny)
+    shares = plan.column_max() / plan.columns[:, :K].clamp(min=torch.finfo(plan.columns.dtype).tiny)  # (B, K)
     num_ambiguous = ((shares < AMBIGUOUS_SHARE) & kept).sum()
     if rescale:
-        # Official code: scale each supplier's row so its largest share is 1.
-        row_max = plan.amax(dim=2, keepdim=True)  # (B, M, 1)
-        row_max[:, -1, 0] = row_max[:, -1, 0].maximum(background_max)
-        plan = torch.where(row_max > 0, plan / row_max, plan)
-    choice = torch.where(kept, plan.argmax(dim=1), M - 1)  # (B, K)
-    return Solved(choice, solution.f, marginal_error, num_ambiguous, solution.iters)
+        # Official code: scale each supplier's row so its largest share is 1. Each dropped anchor
+        # gets the virtual column's background share per unit (1 once converged): the background
+        # row's max over all anchors counts it.
+        row_max = plan.row_max()  # (B, M)
+        row_max[:, -1] = row_max[:, -1].maximum(plan.virtual / dropped.clamp(min=1))
+        plan = plan.rows_divided(row_max)
+    choice = torch.where(kept, plan.first_argmax(), plan.suppliers - 1)  # (B, K)
+    return choice, marginal_error, num_ambiguous
 
 
 def leak_bound(f: Tensor, relative_cost: Tensor, keep: Tensor) -> Tensor:

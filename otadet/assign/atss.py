@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._boxes import inside_boxes, pairwise_iou, square_boxes
+from ._boxes import anchor_boxes, inside_boxes, pairwise_iou
 from ._result import all_background, match_stats, targets_from_matches
 from ._types import AssignResult
 
@@ -53,7 +53,7 @@ def atss(
     if G == 0 or not bool(gt_mask.any()):
         return all_background(B, A, C, cls_logits.device)
 
-    anchor_ious = pairwise_iou(gt_boxes, square_boxes(points, anchor_size * strides))  # (B, G, A)
+    anchor_ious = pairwise_iou(gt_boxes, anchor_boxes(points, strides, anchor_size))  # (B, G, A)
     centre = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2  # (B, G, 2)
     distance = (points[:, 0] - centre[..., 0, None]) ** 2 + (points[:, 1] - centre[..., 1, None]) ** 2  # (B, G, A)
     # Sec. 3.1: the top_k anchors closest to the gt centre on each level (squared distance, same order).

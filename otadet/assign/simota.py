@@ -20,9 +20,9 @@ import torch
 from torch import Tensor
 
 from ._boxes import inside_boxes, near_centre, pairwise_iou
+from ._costs import classification_costs
 from ._result import all_background, match_stats, targets_from_matches
 from ._types import AssignResult
-from .ota import classification_costs
 
 __all__ = ["simota"]
 

@@ -13,16 +13,12 @@ import math
 import torch
 from torch import Tensor
 
+from ..assign._boxes import anchor_boxes  # one definition, shared with ATSS
+
 __all__ = ["anchor_boxes", "decode_ltrb", "encode_deltas", "decode_deltas", "DELTA_CLAMP"]
 
 # Largest dw, dh decoded: boxes at most 1000/16 times their anchor (detectron2, torchvision).
 DELTA_CLAMP = math.log(1000.0 / 16)
-
-
-def anchor_boxes(points: Tensor, strides: Tensor, scale: float) -> Tensor:
-    """One square anchor per point (A, 2), side scale * stride (A,) -> (A, 4) xyxy."""
-    half = (scale * strides / 2)[:, None]  # (A, 1)
-    return torch.cat((points - half, points + half), dim=1)
 
 
 def decode_ltrb(ltrb: Tensor, points: Tensor) -> Tensor:
