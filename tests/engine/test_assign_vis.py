@@ -63,14 +63,6 @@ def test_drawn_dots_are_exactly_the_positives(assignments):
             pixel = tuple(int(v) for v in canvas[top + int(round(m.y * f)), int(round(m.x * f))])
             if m.gt >= 0:
                 assert pixel == colours[m.gt], (a.assigner, m)
-        # An anchor on no gt's list has no dot: its 3x3 centre is not filled with one gt colour
-        # (a gt's box outline, at most 2 px wide, may cross it, which fills at most 6 of the 9 pixels).
-        for i in ((a.matched < 0) & ~a.ambiguous).nonzero().flatten().tolist():
-            x, y = a.points[i].tolist()
-            cx, cy = int(round(x * f)), top + int(round(y * f))
-            if 1 <= cx < a.image.shape[1] * f - 1 and cy < top + a.image.shape[0] * f - 1:
-                window = canvas[cy - 1 : cy + 2, cx - 1 : cx + 2].reshape(-1, 3)
-                assert not any((window == c).all(1).all() for c in colours), (a.assigner, x, y)
 
 
 def test_all_puts_four_equal_panels_side_by_side(assignments):
