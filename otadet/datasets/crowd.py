@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .shapes import Scene, _background, _pick_color
+from .shapes import Scene, _background, _pick_color, check_generator_ranges
 
 __all__ = ["CrowdConfig", "person_polygon", "make_crowd_scene"]
 
@@ -49,13 +49,7 @@ class CrowdConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "spacing", tuple(float(v) for v in self.spacing))
-        for name in ("width", "height"):
-            lo_hi = tuple(int(v) for v in getattr(self, name))  # YAML gives lists
-            if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1] or lo_hi[0] <= 0:
-                raise ValueError(f"crowd generator: '{name}' must be [low, high] with 0 < low <= high, got {lo_hi}")
-            object.__setattr__(self, name, lo_hi)
-        if not 0.0 < self.min_visible <= 1.0:
-            raise ValueError(f"crowd generator: 'min_visible' must be in (0, 1], got {self.min_visible}")
+        check_generator_ranges(self, ("width", "height"))
         if self.num_train < 0 or self.num_val < 0 or self.max_persons < 1:
             raise ValueError("crowd generator: 'num_train', 'num_val' must be >= 0 and 'max_persons' >= 1")
 

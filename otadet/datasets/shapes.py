@@ -75,18 +75,23 @@ class ShapesConfig:
     ignore_below_visible: ClassVar[float] = 0.52  # .odgt: visible fraction below this -> extra.ignore = 1 (~5%)
 
     def __post_init__(self):
-        for name in ("width", "height", "objects"):
-            lo_hi = tuple(int(v) for v in getattr(self, name))  # YAML gives lists
-            if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1] or lo_hi[0] <= 0:
-                raise ValueError(f"shapes generator: '{name}' must be [low, high] with 0 < low <= high, got {lo_hi}")
-            object.__setattr__(self, name, lo_hi)
-        if not 0.0 < self.min_visible <= 1.0:
-            raise ValueError(f"shapes generator: 'min_visible' must be in (0, 1], got {self.min_visible}")
+        check_generator_ranges(self, ("width", "height", "objects"))
         if self.num_train < 0 or self.num_val < 0:
             raise ValueError("shapes generator: 'num_train' and 'num_val' must be >= 0")
 
     def make_scene(self, rng: np.random.Generator):
         return _make_scene(rng, self)
+
+
+def check_generator_ranges(cfg, int_ranges: tuple[str, ...]) -> None:
+    """Validate a generator config's [low, high] integer ranges (stored as tuples) and min_visible."""
+    for name in int_ranges:
+        lo_hi = tuple(int(v) for v in getattr(cfg, name))  # YAML gives lists
+        if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1] or lo_hi[0] <= 0:
+            raise ValueError(f"{cfg.builtin} generator: '{name}' must be [low, high] with 0 < low <= high, got {lo_hi}")
+        object.__setattr__(cfg, name, lo_hi)  # frozen dataclass
+    if not 0.0 < cfg.min_visible <= 1.0:
+        raise ValueError(f"{cfg.builtin} generator: 'min_visible' must be in (0, 1], got {cfg.min_visible}")
 
 
 # ----------------------------------------------------------------------------- occlusion scene
