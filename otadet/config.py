@@ -307,7 +307,7 @@ _EXTRA_TYPES: dict[str, tuple[type, ...]] = {
 # a list value (imgsz, classes) is checked item by item.
 _RANGES: dict[str, str] = {
     "imgsz": "[32, inf)", "max_size": "[32, inf)", "batch": "[1, inf)", "workers": "[0, inf)",
-    "epochs": "[1, inf)", "lr0": "(0, inf)", "momentum": "[0, 1)", "weight_decay": "[0, inf)",
+    "epochs": "[1, inf)", "lr0": "[0, inf)", "momentum": "[0, 1)", "weight_decay": "[0, inf)",
     "warmup_iters": "[0, inf)", "warmup_factor": "(0, 1]", "lr_steps": "(0, 1)", "lr_gamma": "(0, 1]",
     "grad_clip": "[0, inf)", "save_period": "[0, inf)", "conf": "[0, 1]", "iou": "[0, 1]", "max_det": "[1, inf)",
     "pre_nms_topk": "[1, inf)", "line_width": "[1, inf)", "opset": "[7, inf)", "iters": "[0, inf)",

@@ -53,7 +53,7 @@ def test_numbers_parse_the_usual_way(token, value):
 
 @pytest.mark.parametrize("key, value, interval", [
     ("batch", 0, "[1, inf)"), ("conf", 2.0, "[0, 1]"), ("imgsz", -1, "[32, inf)"), ("workers", -3, "[0, inf)"),
-    ("epochs", 0, "[1, inf)"), ("lr0", float("nan"), "(0, inf)"), ("imgsz", [640, "a"], "[32, inf)"),
+    ("epochs", 0, "[1, inf)"), ("lr0", float("nan"), "[0, inf)"), ("imgsz", [640, "a"], "[32, inf)"),
 ])  # fmt: skip
 def test_out_of_range_values_name_key_and_range(key, value, interval):
     with pytest.raises(ConfigError) as e:
