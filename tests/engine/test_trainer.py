@@ -53,7 +53,7 @@ def test_autocast_forward_float32_losses(dtype, tiny):
         return loss, items, stats
 
     criterion.assigner = recording_assigner
-    args = make_args({"batch": 2, "optimizer": "sgd", "lr0": 0.1, "warmup_iters": 0})
+    args = make_args({"batch": 2, "optimizer": "sgd", "lr0": 0.01, "warmup_iters": 0})
     optimizer = build_optimizer(net, args)
     scaler = torch.amp.GradScaler("cpu", enabled=dtype == torch.float16, init_scale=2.0**10)
     before = [p.detach().clone() for p in net.parameters()]
