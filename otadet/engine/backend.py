@@ -14,7 +14,6 @@ anchor points: `points` and `strides` are empty.
 Shapes: B=batch, A=anchor points (or max_det), C=classes.
 """
 
-import json
 import os
 from pathlib import Path
 
@@ -24,11 +23,61 @@ from torch import Tensor, nn
 
 from ..models.detector import DenseOutputs
 from ..utils.log import LOGGER
-from .exporter import FORMATS, TORCHSCRIPT_METADATA, NMSSettings, read_metadata
+from .exporter import FORMATS, NMSSettings, load_torchscript, read_metadata
 
-__all__ = ["EXPORTED_SUFFIXES", "ExportedModel"]
+__all__ = ["EXPORTED_SUFFIXES", "ExportedModel", "checked_metadata"]
 
 EXPORTED_SUFFIXES = tuple(FORMATS.values())  # .onnx, .torchscript
+
+
+def _typed(file: Path, metadata: dict, key: str, kinds: tuple, default, check=lambda v: True, rule: str = ""):
+    """metadata[key] (or `default`), or a ValueError naming the file, key, value and what it must be."""
+    value = metadata.get(key, default)
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds) or not check(value):
+        raise ValueError(
+            f"{file}: metadata '{key}' = {value!r} is not {rule or ' or '.join(k.__name__ for k in kinds)}; "
+            "the file was not written by otadet's exporter or was edited — re-export it with `otadet export`"
+        )
+    return value
+
+
+def checked_metadata(file: Path, metadata: dict) -> dict:
+    """The metadata an exported file carries, each key type- and range-checked (a crafted or edited
+    file fails here naming the key, not deep inside inference): names, strides, imgsz, dynamic,
+    half, nms, stride_multiple."""
+    if "names" not in metadata:
+        raise ValueError(f"{file}: no otadet metadata (names) inside; export it with `otadet export` or Detector.export()")
+    names = _typed(file, metadata, "names", (list, dict), None, lambda v: 0 < len(v) <= 100_000, "a non-empty list of class names")
+    if isinstance(names, dict):  # {index: name}, as JSON keys are strings
+        if sorted(map(str, names)) != sorted(str(i) for i in range(len(names))):
+            raise ValueError(f"{file}: metadata 'names' has keys {sorted(names)[:5]}...; they must be 0..{len(names) - 1}")
+        names = [names[k] for k in sorted(names, key=int)]
+    if not all(isinstance(n, (str, int)) for n in names):
+        raise ValueError(f"{file}: metadata 'names' holds {[n for n in names if not isinstance(n, (str, int))][:3]}; class names are strings")
+    positive = lambda v: 0 < v <= 1 << 20  # noqa: E731
+    strides = _typed(file, metadata, "strides", (list,), [], lambda v: all(isinstance(s, int) and positive(s) for s in v),
+                     "a list of positive integers")  # fmt: skip
+    args = _typed(file, metadata, "export_args", (dict,), {})
+    nms = _typed(file, metadata, "nms", (dict, type(None)), None, rule="an object {conf, iou, max_det, pre_nms_topk}")
+    if nms:
+        fields = {"conf": (float, int), "iou": (float, int), "max_det": (int,), "pre_nms_topk": (int,)}
+        unknown = set(nms) - set(fields)
+        if unknown or not {"conf", "iou", "max_det"} <= set(nms):
+            raise ValueError(f"{file}: metadata 'nms' = {nms!r} must have the keys conf, iou, max_det (and pre_nms_topk)")
+        for key, kinds in fields.items():
+            if key in nms:
+                check = (lambda v: 0 <= v <= 1) if key in ("conf", "iou") else (lambda v: v > 0)
+                _typed(file, nms, key, kinds, None, check, "in [0, 1]" if key in ("conf", "iou") else "a positive integer")
+        nms = NMSSettings(**nms)
+    return {
+        "names": [str(n) for n in names],
+        "strides": tuple(strides),
+        "imgsz": _typed(file, metadata, "imgsz", (int,), 640, positive, "a positive integer"),
+        "stride_multiple": _typed(file, metadata, "stride_multiple", (int,), 32, positive, "a positive integer"),
+        "dynamic": _typed(file, args, "dynamic", (bool,), True),
+        "half": _typed(file, args, "half", (bool,), False),
+        "nms": nms,
+    }
 
 
 class ExportedModel(nn.Module):
@@ -53,27 +102,23 @@ class ExportedModel(nn.Module):
         self.threads = threads
         self.device = torch.device("cpu")
         if self.format == "torchscript":
-            extra = {TORCHSCRIPT_METADATA: ""}
-            self.module = torch.jit.load(str(file), map_location="cpu", _extra_files=extra).eval()
-            metadata = json.loads(extra[TORCHSCRIPT_METADATA]) if extra[TORCHSCRIPT_METADATA] else {}
+            self.module, metadata = load_torchscript(file)
         else:
             self.session = None
             metadata = read_metadata(file)
-        if "names" not in metadata:
-            raise ValueError(f"{file}: no otadet metadata (names) inside; export it with `otadet export` or Detector.export()")
+        meta = checked_metadata(file, metadata)
         self.metadata = metadata
-        self.names = list(metadata["names"].values()) if isinstance(metadata["names"], dict) else list(metadata["names"])
+        self.names = meta["names"]
         self.num_classes = len(self.names)
-        self.strides = tuple(metadata.get("strides", ()))
-        self.imgsz = int(metadata.get("imgsz", 640))
-        args = metadata.get("export_args", {})
-        self.dynamic = bool(args.get("dynamic", True))
-        self.half = bool(args.get("half", False))
-        self.nms = NMSSettings(**metadata["nms"]) if metadata.get("nms") else None
-        stride = int(metadata.get("stride_multiple", 32))
-        self.static_size = -(-self.imgsz // stride) * stride  # the fixed input side when not dynamic
+        self.strides = meta["strides"]
+        self.imgsz = meta["imgsz"]
+        self.dynamic = meta["dynamic"]
+        self.half = meta["half"]
+        self.nms = meta["nms"]
+        self.static_size = -(-self.imgsz // meta["stride_multiple"]) * meta["stride_multiple"]  # the fixed input side when not dynamic
         if self.format == "onnx":
             self._start_session()
+            self._check_output_width()
 
     # ------------------------------------------------------------------ device
     def _start_session(self) -> None:
@@ -96,6 +141,16 @@ class ExportedModel(nn.Module):
         self.input_name = self.session.get_inputs()[0].name
         self.input_type = np.float16 if "float16" in self.session.get_inputs()[0].type else np.float32
         self.providers = self.session.get_providers()
+
+    def _check_output_width(self) -> None:
+        """The graph's output0 must have 4 + C columns (6 with embedded NMS) for the metadata's C names."""
+        width = self.session.get_outputs()[0].shape[-1]
+        expected = 6 if self.nms is not None else 4 + self.num_classes
+        if isinstance(width, int) and width != expected:
+            raise ValueError(
+                f"{self.file}: its output has {width} columns but its metadata ({self.num_classes} names"
+                f"{', embedded NMS' if self.nms else ''}) means {expected}; re-export it with `otadet export`"
+            )
 
     def to(self, device: torch.device | str | None = None, *args, **kwargs) -> "ExportedModel":
         """Run on `device`: onnxruntime's CUDA provider for a CUDA device when present, else the CPU."""

@@ -267,20 +267,34 @@ def _shape(value_info) -> str:
     return "(" + ", ".join(d.dim_param or str(d.dim_value) for d in dims) + ")"
 
 
+def load_torchscript(file: Path) -> tuple[torch.jit.ScriptModule, dict]:
+    """(module on the CPU in eval mode, its otadet metadata) of a .torchscript file."""
+    extra = {TORCHSCRIPT_METADATA: ""}
+    try:
+        module = torch.jit.load(str(file), map_location="cpu", _extra_files=extra).eval()
+    except RuntimeError as e:
+        raise ValueError(f"{file} is not a TorchScript archive torch can load ({str(e).splitlines()[0]}); re-export it") from e
+    if not extra[TORCHSCRIPT_METADATA]:
+        raise ValueError(f"{file}: no {TORCHSCRIPT_METADATA} inside; was it exported by otadet (format=torchscript)?")
+    try:
+        return module, json.loads(extra[TORCHSCRIPT_METADATA])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}: its {TORCHSCRIPT_METADATA} is not JSON ({e}); re-export it") from e
+
+
 def read_metadata(file: str | os.PathLike) -> dict:
     """The metadata of an otadet .onnx or .torchscript file, JSON-decoded (names, strides, imgsz, ...)."""
     file = Path(file)
     if not file.is_file():
         raise FileNotFoundError(f"exported model {file} does not exist")
     if file.suffix == ".torchscript":
-        extra = {TORCHSCRIPT_METADATA: ""}
-        torch.jit.load(str(file), map_location="cpu", _extra_files=extra)
-        if not extra[TORCHSCRIPT_METADATA]:
-            raise ValueError(f"{file}: no {TORCHSCRIPT_METADATA} inside; was it exported by otadet (format=torchscript)?")
-        return json.loads(extra[TORCHSCRIPT_METADATA])
+        return load_torchscript(file)[1]
     import onnx
 
-    proto = onnx.load(str(file), load_external_data=False)
+    try:
+        proto = onnx.load(str(file), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends: a truncated or foreign file
+        raise ValueError(f"{file} is not an ONNX model onnx can parse ({type(e).__name__}: {e}); re-export it") from e
     out = {}
     for prop in proto.metadata_props:
         try:
