@@ -60,7 +60,7 @@ def run(model_name: str, batch: int, iters: int, mode: str, compile_model: bool,
         loop = Loop(net=net, schedule=LRSchedule.from_args(args, total=10**6), amp=amp,
                     scaler=torch.amp.GradScaler(device.type, enabled=amp.scaler), ema=None, device=device,
                     total=10**6, iters_per_epoch=len(loader), grad_clip=args.grad_clip, save_period=0,
-                    save=lambda e, i: None, stop=stop, writer=None)  # fmt: skip
+                    save=lambda e, i, log: None, stop=stop, writer=None)  # fmt: skip
         warm = loader[:3]
         losses, it, _ = train_one_epoch(model, criterion, warm, optimizer, loop, epoch=0, epochs=1, iteration=0)
         _sync(device)
@@ -75,7 +75,7 @@ def run(model_name: str, batch: int, iters: int, mode: str, compile_model: bool,
     hook.remove()
     return {
         "ms": 1000 * elapsed, "mem": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan"), "head": dtypes.get("head", "?"),
-        "loss": losses["loss/total"], "scaler": amp.scaler,
+        "loss": losses.means()["loss/total"], "scaler": amp.scaler,
     }  # fmt: skip
 
 

@@ -15,6 +15,7 @@
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -57,6 +58,13 @@ def make_dataset(work: Path, name: str, *, seed: int, num_train: int, num_val: i
     return _data_yaml(work / f"{name}-{ann.name}.yaml", root, ann)
 
 
+def _fresh(work: Path, name: str) -> str:
+    """A run name under work/train whose folder is empty: a rerun replaces this benchmark's own run
+    (otadet never trains into a folder that holds weights)."""
+    shutil.rmtree(work / "train" / name, ignore_errors=True)
+    return name
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="runs/benchmarks/finetune", help="datasets and runs go here")
@@ -76,11 +84,12 @@ def main() -> None:
 
     start = time.time()
     source = Detector("ota_tiny.yaml", verbose=False)
-    source_ap = source.train(data=str(source_data), iters=args.source_iters, name="source", **run)["AP"]
+    tag = f"{args.classes}c-src{args.source_iters}"
+    source_ap = source.train(data=str(source_data), iters=args.source_iters, name=_fresh(work, f"source-{args.source_iters}"), **run)["AP"]
     rows = []
     for n in args.iters:
-        fine = Detector(source.source, verbose=False).train(data=str(target_data), iters=n, name=f"finetune-{n}", **run)
-        scratch = Detector("ota_tiny.yaml", verbose=False).train(data=str(target_data), iters=n, name=f"scratch-{n}", **run)
+        fine = Detector(source.source, verbose=False).train(data=str(target_data), iters=n, name=_fresh(work, f"finetune-{tag}-{n}"), **run)
+        scratch = Detector("ota_tiny.yaml", verbose=False).train(data=str(target_data), iters=n, name=_fresh(work, f"scratch-{args.classes}c-{n}"), **run)
         rows.append((n, fine, scratch))
     minutes = (time.time() - start) / 60
 

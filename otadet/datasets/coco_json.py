@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..utils.log import LOGGER
 
-__all__ = ["read_coco_json"]
+__all__ = ["read_coco_json", "category_names"]
 
 
 def _is_int(value) -> bool:
@@ -38,7 +38,7 @@ def _load(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid json ({e})") from e
+        raise ValueError(f"{path}: not valid UTF-8 json ({e})") from e
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a COCO json is an object with 'images', 'annotations' and 'categories'")
     for key in ("images", "annotations", "categories"):
@@ -72,6 +72,8 @@ def _check_categories(path: Path, categories: list) -> None:
     for k, cat in enumerate(categories):
         if not isinstance(cat, dict) or not _is_int(cat.get("id")):
             raise ValueError(f"{path}: categories[{k}] has no integer 'id'")
+        if not isinstance(cat.get("name"), str) or not cat["name"]:
+            raise ValueError(f"{path}: category id {cat['id']} has name {cat.get('name')!r}; each category needs a string 'name'")
     repeated = _duplicates([cat["id"] for cat in categories])
     if repeated:
         raise ValueError(f"{path}: category ids {repeated[:5]} appear more than once — give every category its own id")
@@ -97,6 +99,16 @@ def _clean_annotation(ann, image_ids: set, cat_ids: set) -> tuple[dict | None, l
         out["area"] = float(bbox[2] * bbox[3])
         filled.append("area")
     return out, filled
+
+
+def category_names(path: str | os.PathLike) -> list[str]:
+    """The category names of a COCO json in id order (the contiguous labels 0..C-1), checked."""
+    path = Path(path)
+    categories = _load(path).get("categories", [])
+    _check_categories(path, categories)
+    if not categories:
+        raise ValueError(f"{path}: no 'categories' — list the classes there, or give 'names:' in the data YAML")
+    return [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
 
 
 def read_coco_json(path: str | os.PathLike) -> tuple[dict, list[str]]:

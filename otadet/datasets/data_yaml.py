@@ -31,6 +31,7 @@ from typing import Literal
 from ..utils.checks import ConfigError, check_keys, read_yaml
 from ..utils.log import LOGGER
 from ..utils.paths import asset_dir, cache_dir, find_asset
+from .coco_json import category_names
 from .shapes import generate_builtin, generator_settings
 from .shapes_formats import BUILTIN_CONFIGS, write_extra_format
 from .yolo import labels_dir_for
@@ -166,12 +167,6 @@ def _ensure_builtin(data: DataYaml, root: Path, where: str) -> None:
         write_extra_format(root, data.format)
 
 
-def _names_from_json(ann_file: Path) -> list[str]:
-    with open(ann_file, encoding="utf-8") as f:
-        categories = json.load(f).get("categories", [])
-    return [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
-
-
 def load_data(name_or_path: str | os.PathLike, *, require: tuple[Split, ...] = ("train", "val")) -> DataSpec:
     """Read and validate a data YAML (a path, or a name shipped in data/) into a `DataSpec`.
 
@@ -243,7 +238,7 @@ def load_data(name_or_path: str | os.PathLike, *, require: tuple[Split, ...] = (
             found = [paths[key] for key in ("val_annotations", "train_annotations") if paths[key].is_file()]
             if not found:
                 raise DataError(f"{where}: no 'names' and no annotation file to read the categories from — add 'names:'")
-            names = _names_from_json(found[0])
+            names = category_names(found[0])
     return DataSpec(
         yaml_file=yaml_file,
         format=data.format,

@@ -4,6 +4,7 @@ Shape letters: B = images in the batch, G = most gts of any image in the batch (
 H, W = padded input size.
 """
 
+import os
 import random
 from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..utils.log import LOGGER
 from .base import DetectionDataset
 from .coco import CocoDetection
 from .crowdhuman import CrowdHumanDetection
@@ -120,6 +122,17 @@ def build_dataset(
     return CocoDetection(images_dir=images, ann_file=annotations, transform=transform, names=spec.names)
 
 
+def _usable_workers(workers: int) -> int:
+    """`workers` capped at the CPUs this process may use: more only cost memory (each worker holds a
+    copy of the process), and workers=99999 would fork until the machine runs out. The samples do
+    not depend on the number of workers (augmentations are seeded per image)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if workers > cpus:
+        LOGGER.info(f"workers={workers} capped at {cpus}, the CPUs available to this process")
+        return cpus
+    return workers
+
+
 def build_dataloader(
     spec: DataSpec,
     split: Literal["train", "val"],
@@ -146,6 +159,7 @@ def build_dataloader(
     augment = split == "train" if augment is None else augment
     dataset = build_dataset(spec, split, imgsz=imgsz, max_size=max_size, augment=augment)
     dataset = wrap(dataset) if wrap is not None else dataset
+    workers = _usable_workers(workers)
     generator = torch.Generator()
     generator.manual_seed(seed)
     if workers == 0:

@@ -14,12 +14,13 @@ import torch
 
 from .. import __version__
 from ..convert import convert, is_conversion_source
-from ..config import DEFAULT_CONF, Args, load_model_config, make_args, model_config_from_dict
+from ..config import DEFAULT_CONF, Args, load_model_config, make_args
 from ..datasets.data_yaml import load_data
 from ..datasets.loader import build_dataloader
 from ..models.build import build_detector
 from ..utils.checkpoint import load_checkpoint
 from .backend import EXPORTED_SUFFIXES, ExportedModel
+from .transfer import detector_from_checkpoint
 from ..utils.log import LOGGER
 from ..utils.paths import increment_path, newest_weights
 from ..utils.torch_utils import model_summary, select_device
@@ -61,10 +62,7 @@ class Detector:
         elif suffix in (".pt", ".pth"):
             state = load_checkpoint(model)
         if state is not None:
-            self.cfg = model_config_from_dict(state["model_cfg"], where=f"{model}: model_cfg")
-            self.names = list(state["names"])
-            self.net = build_detector(self.cfg, len(self.names), pretrained=False)  # weights from the checkpoint
-            self.net.load_state_dict(state["model"])
+            self.cfg, self.names, self.net = detector_from_checkpoint(state, str(model))
             self.train_args = {k: v for k, v in state.get("train_args", {}).items() if k in _INHERITED}
             self.trained = True
         elif suffix in EXPORTED_SUFFIXES:
@@ -124,11 +122,7 @@ class Detector:
         args = self._args(kwargs, "train")
         init = self._fine_tune_state(args) if self.trained and not args.resume else None
         result = run_training(self.cfg, args, init_state=init)
-        state = load_checkpoint(result["best"])
-        self.names = list(state["names"])
-        self.cfg = model_config_from_dict(state["model_cfg"], where=f"{result['best']}: model_cfg")
-        self.net = build_detector(self.cfg, len(self.names), pretrained=False)
-        self.net.load_state_dict(state["model"])
+        self.cfg, self.names, self.net = detector_from_checkpoint(load_checkpoint(result["best"]), str(result["best"]))
         self.train_args = {k: v for k, v in args.to_dict().items() if k in _INHERITED}
         self.source = str(result["best"])
         self.trained = True
@@ -290,6 +284,14 @@ class Detector:
             raise ValueError(
                 f"the model has {len(self.names)} classes but {data} has {len(data_names)}: "
                 "train on this data first (Detector(...).train(data=...)) or pass the matching model="
+            )
+        placeholder = self.names == [f"class{i}" for i in range(len(self.names))]  # a model YAML: no names yet
+        differ = [(i, a, b) for i, (a, b) in enumerate(zip(self.names, data_names)) if str(a) != str(b)]
+        if differ and not placeholder:
+            shown = ", ".join(f"{i}: {a!r} vs {b!r}" for i, a, b in differ[:3]) + (", ..." if len(differ) > 3 else "")
+            LOGGER.warning(
+                f"WARNING: the model's class names differ from {data}'s at {len(differ)} of {len(data_names)} indices "
+                f"({shown}); AP is computed by index, so check that they are the same classes in the same order"
             )
 
 

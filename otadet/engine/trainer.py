@@ -42,7 +42,7 @@ from .schedule import LRSchedule, lr_factor, plan_iterations, scaled_lr
 from .transfer import read_detector_checkpoint, transfer_weights
 from .validator import validate
 
-__all__ = ["run_training", "train_one_epoch", "build_optimizer", "lr_factor", "Loop"]
+__all__ = ["run_training", "train_one_epoch", "build_optimizer", "lr_factor", "Loop", "EpochLog"]
 
 
 def build_optimizer(model: nn.Module, args: Args) -> torch.optim.Optimizer:
@@ -63,6 +63,26 @@ def build_optimizer(model: nn.Module, args: Args) -> torch.optim.Optimizer:
 
 
 @dataclass
+class EpochLog:
+    """Sums of the logged scalars over an epoch's steps; saved in a mid-epoch checkpoint, so the
+    epoch's averages after a resume cover all of its steps, not only those after the resume."""
+
+    sums: dict[str, float]
+    steps: int = 0
+
+    def add(self, scalars: dict[str, float]) -> None:
+        for k, v in scalars.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+
+    def state(self) -> dict:
+        return {"sums": dict(self.sums), "steps": self.steps}
+
+
+@dataclass
 class Loop:
     """What train_one_epoch needs besides model, criterion, data and optimizer (built by run_training)."""
 
@@ -76,21 +96,23 @@ class Loop:
     iters_per_epoch: int
     grad_clip: float
     save_period: int  # iterations; 0 = only at epoch ends
-    save: Callable[[int, int], None]  # save(epoch, iteration): a mid-epoch last.pt
+    save: Callable[[int, int, EpochLog], None]  # save(epoch, iteration, log): a mid-epoch last.pt
     stop: GracefulStop
     writer: SummaryWriter | None  # rank 0 only
 
 
 def train_one_epoch(
     model: nn.Module, criterion: OTACriterion, loader, optimizer: torch.optim.Optimizer, loop: Loop,
-    *, epoch: int, epochs: int, iteration: int,
-) -> tuple[dict[str, float], int, bool]:  # fmt: skip
-    """Train from global `iteration` to the end of the epoch (or loop.total, or a stop signal).
+    *, epoch: int, epochs: int, iteration: int, log: EpochLog | None = None,
+) -> tuple[EpochLog, int, bool]:  # fmt: skip
+    """Train from global `iteration` to the end of the epoch (or loop.total, or a stop signal),
+    adding each step's scalars to `log` (a new one if None: the epoch starts here).
 
-    Returns the mean of the logged scalars, the iteration reached and whether a signal stopped it."""
+    Returns the log, the iteration reached and whether a signal asked to stop. A signal during
+    the epoch's last iteration lets the epoch finish: the caller validates, logs and saves it."""
     model.train()
-    sums: dict[str, float] = {}
-    steps, stopped = 0, False
+    log = EpochLog({}) if log is None else log
+    stopped = False
     bar = tqdm(
         loader, desc=f"{epoch + 1}/{epochs}", total=loop.iters_per_epoch, initial=iteration - epoch * loop.iters_per_epoch,
         bar_format="{l_bar}{bar:20}{r_bar}", leave=True, disable=not is_main(),
@@ -120,7 +142,6 @@ def train_one_epoch(
         loop.scaler.update()
         _check_finite_weights(loop.net, iteration)  # before any save: non-finite weights never reach a checkpoint
         iteration += 1
-        steps += 1
         if loop.ema is not None:
             loop.ema.update(loop.net)
 
@@ -129,8 +150,7 @@ def train_one_epoch(
         scalars |= {f"assign/{k}": v.item() for k, v in stats.items() if torch.is_tensor(v) and v.dim() == 0}
         # Step = forward + assign + losses + backward + update; the .item()s above wait for the device.
         scalars["assign/time_share"] = scalars.get("assign/seconds", 0.0) / (time.perf_counter() - step_start)
-        for k, v in scalars.items():
-            sums[k] = sums.get(k, 0.0) + v
+        log.add(scalars)
         if loop.writer is not None:
             for k, v in scalars.items():
                 loop.writer.add_scalar(k, v, iteration)
@@ -141,13 +161,14 @@ def train_one_epoch(
         )
         # Mid-epoch saves only: the epoch end saves anyway, after validation.
         if loop.save_period > 0 and iteration % loop.save_period == 0 and iteration % loop.iters_per_epoch and iteration < loop.total:
-            loop.save(epoch, iteration)
+            loop.save(epoch, iteration, log)
         if iteration >= loop.total:
             break
         if loop.stop.requested(loop.device):
             stopped = True
-            break
-    return {k: v / max(steps, 1) for k, v in sums.items()}, iteration, stopped
+            if iteration % loop.iters_per_epoch:  # mid-epoch: stop now; at its end the loop ends anyway
+                break
+    return log, iteration, stopped
 
 
 def run_training(model_cfg: ModelConfig, args: Args, *, init_state: dict | None = None) -> dict:
@@ -226,9 +247,9 @@ def run_training(model_cfg: ModelConfig, args: Args, *, init_state: dict | None 
             net, ema, optimizer, scaler, model_cfg, names, args, epoch=epoch_done, iteration=it, best_fitness=best_fitness, metrics=metrics
         )
 
-    def save_mid_epoch(epoch: int, it: int) -> None:
+    def save_mid_epoch(epoch: int, it: int, log: EpochLog) -> None:
         if is_main():
-            state = checkpoint(epoch, it, metrics)
+            state = checkpoint(epoch, it, metrics) | {"epoch_log": log.state()}
             save_checkpoint(state, weights / "last.pt")
             save_checkpoint(state, weights / f"iter{it}.pt")
 
@@ -239,25 +260,33 @@ def run_training(model_cfg: ModelConfig, args: Args, *, init_state: dict | None 
                     save=save_mid_epoch, stop=stop, writer=writer)  # fmt: skip
         if resumed is not None:
             set_rng_state(resumed["rng"])  # last: building the model above drew from the global RNG
+        log = _resumed_log(resumed, iteration, ipe)
         try:
             for epoch in range(iteration // ipe, epochs):
                 sampler.set_epoch(epoch, start=(iteration - epoch * ipe) * train_loader.batch_size)
-                losses, iteration, stopped = train_one_epoch(
-                    model, criterion, train_loader, optimizer, loop, epoch=epoch, epochs=epochs, iteration=iteration
+                log, iteration, stopped = train_one_epoch(
+                    model, criterion, train_loader, optimizer, loop, epoch=epoch, epochs=epochs, iteration=iteration, log=log
                 )
-                if stopped:
-                    save_mid_epoch(epoch, iteration)
+                resume_hint = f"resume with `otadet train resume={save_dir}`"
+                if stopped and iteration % ipe and iteration < total:
+                    save_mid_epoch(epoch, iteration, log)
                     if is_main():
-                        LOGGER.warning(f"saved {weights / 'last.pt'} at iteration {iteration}; resume with `otadet train resume={save_dir}`")
-                    raise TrainingStopped(f"stopped at iteration {iteration}; resume with `otadet train resume={save_dir}`")
+                        LOGGER.warning(f"saved {weights / 'last.pt'} at iteration {iteration}; {resume_hint}")
+                    raise TrainingStopped(f"stopped at iteration {iteration}; {resume_hint}")
                 validated = args.val or epoch == epochs - 1
                 if is_main():
                     metrics, best_fitness = _end_epoch(
                         ema.module if ema else net, val_loader, args, names, writer, save_dir, checkpoint,
-                        epoch=epoch, epochs=epochs, iteration=iteration, losses=losses, lr=optimizer.param_groups[0]["lr"], validated=validated,
-                        best_fitness=best_fitness, device=device,
+                        epoch=epoch, epochs=epochs, iteration=iteration, losses=log.means(), lr=optimizer.param_groups[0]["lr"],
+                        validated=validated, best_fitness=best_fitness, device=device,
                     )  # fmt: skip
+                log = None  # the next epoch starts its own
                 barrier()  # the other ranks wait for rank 0's validation
+                # A signal in the epoch's last iteration (or during its validation) stops here, the epoch complete.
+                if (stopped or stop.requested(device)) and epoch < epochs - 1:
+                    if is_main():
+                        LOGGER.warning(f"epoch {epoch + 1} complete and saved in {weights / 'last.pt'}; {resume_hint}")
+                    raise TrainingStopped(f"stopped after epoch {epoch + 1} (iteration {iteration}); {resume_hint}")
         finally:
             if writer is not None:
                 writer.close()
@@ -296,6 +325,14 @@ def _end_epoch(
     scores = f"  AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}" if validated else ""
     LOGGER.info(f"epoch {epoch + 1}/{epochs} (iteration {iteration}): loss {losses.get('loss/total', math.nan):.4f}{scores}")
     return metrics, best
+
+
+def _resumed_log(resumed: dict | None, iteration: int, ipe: int) -> EpochLog | None:
+    """The running sums of the epoch a mid-epoch checkpoint stopped in (None: the epoch starts afresh)."""
+    if resumed is None or iteration % ipe == 0 or "epoch_log" not in resumed:
+        return None
+    saved = resumed["epoch_log"]
+    return EpochLog({k: float(v) for k, v in saved["sums"].items()}, int(saved["steps"]))
 
 
 def _train_loader(spec, args: Args, device: torch.device) -> tuple[torch.utils.data.DataLoader, TrainSampler]:

@@ -8,6 +8,10 @@ same rows would be wrong), it keeps the focal-prior initialisation the freshly b
 (bias = -log((1 - prior_prob) / prior_prob), RetinaNet Sec. 4.1), and — with keep_class_rows —
 each destination class whose name is in the source (e.g. `person` from COCO) gets its trained
 row. Shapes: C=classes, K=channels in, k=kernel side.
+
+`detector_from_checkpoint` is the one place a checkpoint becomes a network: its keys, names,
+model_cfg, tensor shapes and finiteness are checked, so an edited or broken file fails naming
+itself instead of deep inside load_state_dict or, with NaN weights, not at all.
 """
 
 from pathlib import Path
@@ -16,10 +20,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..config import ModelConfig, model_config_from_dict
+from ..models.build import build_detector
 from ..utils.checkpoint import CHECKPOINT_FORMAT
 from ..utils.log import LOGGER
 
-__all__ = ["CLASS_LAYER", "TransferReport", "transfer_weights", "read_detector_checkpoint"]
+__all__ = ["CLASS_LAYER", "TransferReport", "transfer_weights", "read_detector_checkpoint", "detector_from_checkpoint"]
 
 CLASS_LAYER = "head.cls_logits"  # its weight (C, K, k, k) and bias (C,) have one row per class
 
@@ -117,3 +123,30 @@ def read_detector_checkpoint(pretrained) -> dict | None:
     except Exception:  # not a weights-only file; the backbone loader says what is wrong with it
         return None
     return state if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT else None
+
+
+def detector_from_checkpoint(state: dict, where: str) -> tuple[ModelConfig, list[str], nn.Module]:
+    """(model config, class names, network with the checkpoint's weights) of an otadet checkpoint
+    `state` read from `where`; a ValueError naming `where` if any part of it does not fit."""
+    absent = [key for key in ("model_cfg", "names", "model") if key not in state]
+    if absent:
+        raise ValueError(f"{where} has no {', '.join(absent)}: not a detector checkpoint (or an edited one) — use a best.pt/last.pt of a run")
+    names = state["names"]
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{where}: 'names' is {names!r:.80}, not a list of class names — the file was edited or is broken")
+    cfg = model_config_from_dict(state["model_cfg"], where=f"{where}: model_cfg")
+    net = build_detector(cfg, len(names), pretrained=False)
+    try:
+        net.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        first = str(e).replace("\n", " ").replace("\t", "")[:300]
+        raise ValueError(
+            f"{where}: its weights do not fit its own model_cfg and {len(names)} names ({first}) — the file was edited or is broken"
+        ) from e
+    broken = [k for k, v in state["model"].items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
+    if broken:
+        raise ValueError(
+            f"{where}: {len(broken)} weight tensors hold NaN or inf (e.g. {broken[0]}); this checkpoint cannot predict — "
+            "use the run's last good checkpoint (weights/last.pt or an iter*.pt) or train again"
+        )
+    return cfg, list(names), net

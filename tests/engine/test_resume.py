@@ -127,3 +127,45 @@ def test_graceful_stop_second_signal():
         with pytest.raises(KeyboardInterrupt, match="second SIGINT"):
             stop._handle(signal.SIGINT, None)
     assert {sig: signal.getsignal(sig) for sig in before} == before  # handlers restored
+
+
+def _stop_after(calls: int):
+    """A GracefulStop.requested that reports a signal from its `calls`-th call on (one call per iteration)."""
+    count = {"n": 0}
+
+    def requested(self, device):
+        count["n"] += 1
+        return count["n"] >= calls
+
+    return requested
+
+
+def _csv_rows(run: Path) -> list[dict]:
+    import csv
+
+    timing = ("assign/seconds", "assign/time_share")  # wall-clock figures differ between any two runs
+    with open(run / "results.csv") as f:
+        return [{k: v for k, v in row.items() if k not in timing} for row in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("stop_at", [3, 4], ids=["mid-epoch", "epoch-end"])
+def test_stop_keeps_the_epochs_bookkeeping(stop_at, uninterrupted, train_data, tmp_path, monkeypatch, restore_determinism):
+    """A stop in the epoch's last iteration still validates, logs and saves that epoch; a stop
+    mid-epoch carries the epoch's loss sums, so its results.csv row equals the uninterrupted one."""
+    from otadet.engine.resume import GracefulStop, TrainingStopped
+
+    full_run, final = uninterrupted
+    with monkeypatch.context() as patch:
+        patch.setattr(GracefulStop, "requested", _stop_after(stop_at))
+        with pytest.raises(TrainingStopped, match="after epoch 1" if stop_at == 4 else "at iteration 3"):
+            _train(train_data, tmp_path, "run")
+    run = tmp_path / "train" / "run"
+    saved = _load(run / "weights" / "last.pt")
+    assert (saved["iteration"], saved["epoch"]) == ((4, 1) if stop_at == 4 else (3, 0))
+    assert (run / "weights" / "best.pt").exists() == (stop_at == 4)
+    assert (run / "results.csv").exists() == (stop_at == 4)
+    if stop_at == 4:
+        assert len(_csv_rows(run)) == 1  # epoch 1's row, written before stopping
+    Detector(verbose=False).train(resume=str(run))
+    _assert_same_training_state(final, _load(run / "weights" / "last.pt"))
+    assert _csv_rows(run) == _csv_rows(full_run)  # every epoch's losses average all of its steps

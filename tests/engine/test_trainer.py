@@ -69,9 +69,10 @@ def test_autocast_forward_float32_losses(dtype, tiny):
         loop = Loop(
             net=net, schedule=LRSchedule.from_args(args, total=10), amp=AmpSettings(True, dtype, scaler.is_enabled(), ""),
             scaler=scaler, ema=None, device=torch.device("cpu"), total=10, iters_per_epoch=1, grad_clip=35.0,
-            save_period=0, save=lambda e, i: None, stop=stop, writer=None,
+            save_period=0, save=lambda e, i, log: None, stop=stop, writer=None,
         )  # fmt: skip
-        means, iteration, stopped = train_one_epoch(net, recording_criterion, [_batch(0)], optimizer, loop, epoch=0, epochs=1, iteration=0)
+        log, iteration, stopped = train_one_epoch(net, recording_criterion, [_batch(0)], optimizer, loop, epoch=0, epochs=1, iteration=0)
+    means = log.means()
     assert seen["head"] == dtype  # the forward ran under autocast
     assert seen["assigner"] == dtype  # handed the logits as produced; it casts to float32 itself
     assert all(loss.dtype == torch.float32 and torch.isfinite(loss) for loss in losses)  # losses outside autocast
