@@ -33,6 +33,10 @@ setup(
         "onnxruntime>=1.16",
         "onnxscript>=0.1",
     ],
-    extras_require={"test": ["pytest>=7", "pot>=0.9"]},
+    # openvino: export format=openvino and its inference (nncf: int8=True for it); the tests run them too.
+    extras_require={
+        "openvino": ["openvino>=2024.0", "nncf>=2.12"],
+        "test": ["pytest>=7", "pot>=0.9", "openvino>=2024.0", "nncf>=2.12"],
+    },
     entry_points={"console_scripts": ["otadet=otadet.cli:main"]},
 )

@@ -30,7 +30,7 @@ Usage:  otadet MODE key=value ...
   otadet train   model=ota_tiny.yaml data=shapes.yaml epochs=8
   otadet val     model=runs/train/exp/weights/best.pt data=shapes.yaml
   otadet predict model=runs/train/exp/weights/best.pt source=images/
-  otadet export  model=runs/train/exp/weights/best.pt format=onnx       # or format=torchscript, nms=true
+  otadet export  model=runs/train/exp/weights/best.pt format=onnx       # or format=torchscript | openvino, nms=true
   otadet predict model=runs/train/exp/weights/best.onnx source=video.mp4
   otadet convert source=torchvision:fcos_resnet50_fpn                  # or source=ota_r50_1x.pth -> weights/*.pt
   otadet assign  model=runs/train/exp/weights/best.pt assigner=all   # paper Fig. 3: positives per gt, first val image

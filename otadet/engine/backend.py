@@ -1,4 +1,5 @@
-"""Exported models (.onnx through onnxruntime, .torchscript through torch.jit) presented as the network.
+"""Exported models (.onnx through onnxruntime, .torchscript through torch.jit, an OpenVINO IR
+folder through OpenVINO: engine/openvino_ir.py) presented as the network.
 
 `ExportedModel(file)(images)` returns the `DenseOutputs` the PyTorch detector returns, so the
 predictor and the validator run an exported file through exactly their PyTorch code:
@@ -25,9 +26,9 @@ from ..models.detector import DenseOutputs
 from ..utils.log import LOGGER
 from .exporter import FORMATS, NMSSettings, load_torchscript, read_metadata
 
-__all__ = ["EXPORTED_SUFFIXES", "ExportedModel", "checked_metadata"]
+__all__ = ["EXPORTED_SUFFIXES", "ExportedModel", "checked_metadata", "is_exported", "load_exported"]
 
-EXPORTED_SUFFIXES = tuple(FORMATS.values())  # .onnx, .torchscript
+EXPORTED_SUFFIXES = (FORMATS["onnx"], FORMATS["torchscript"])  # single-file exports; OpenVINO writes a folder
 
 
 def _typed(file: Path, metadata: dict, key: str, kinds: tuple, default, check=lambda v: True, rule: str = ""):
@@ -87,26 +88,16 @@ class ExportedModel(nn.Module):
         file: an .onnx or .torchscript file written by otadet's exporter (metadata inside).
         threads: onnxruntime intra-op threads (None = onnxruntime's default).
     Attributes: metadata (dict), names, num_classes, strides, imgsz, dynamic, half, nms
-    (NMSSettings or None), format ('onnx' | 'torchscript').
+    (NMSSettings or None), format ('onnx' | 'torchscript'; 'openvino' in the subclass
+    engine/openvino_ir.py:OpenVINOModel, which shares this forward).
     """
 
     def __init__(self, file: str | os.PathLike, *, threads: int | None = None):
         super().__init__()
-        file = Path(file)
-        if file.suffix not in EXPORTED_SUFFIXES:
-            raise ValueError(f"{file}: an exported model ends in {' or '.join(EXPORTED_SUFFIXES)}")
-        if not file.is_file():
-            raise FileNotFoundError(f"exported model {file} does not exist")
-        self.file = file
-        self.format = "onnx" if file.suffix == ".onnx" else "torchscript"
         self.threads = threads
         self.device = torch.device("cpu")
-        if self.format == "torchscript":
-            self.module, metadata = load_torchscript(file)
-        else:
-            self.session = None
-            metadata = read_metadata(file)
-        meta = checked_metadata(file, metadata)
+        self.file, metadata_source, metadata = self._open(Path(file))  # the file's own loading: sets self.format
+        meta = checked_metadata(metadata_source, metadata)
         self.metadata = metadata
         self.names = meta["names"]
         self.num_classes = len(self.names)
@@ -116,9 +107,32 @@ class ExportedModel(nn.Module):
         self.half = meta["half"]
         self.nms = meta["nms"]
         self.static_size = -(-self.imgsz // meta["stride_multiple"]) * meta["stride_multiple"]  # the fixed input side when not dynamic
+        self._start()
+        self._check_output_width()
+
+    def _open(self, file: Path) -> tuple[Path, Path, dict]:
+        """(the model's path, the file its metadata came from, the metadata); loads a TorchScript module."""
+        if file.suffix not in EXPORTED_SUFFIXES:
+            raise ValueError(f"{file}: an exported model ends in {' or '.join(EXPORTED_SUFFIXES)}")
+        if not file.is_file():
+            raise FileNotFoundError(f"exported model {file} does not exist")
+        self.format = "onnx" if file.suffix == ".onnx" else "torchscript"
+        if self.format == "torchscript":
+            self.module, metadata = load_torchscript(file)
+        else:
+            self.session = None
+            metadata = read_metadata(file)
+        return file, file, metadata
+
+    def _start(self) -> None:
         if self.format == "onnx":
             self._start_session()
-            self._check_output_width()
+
+    def select_precision(self, half: bool) -> None:
+        """Set before predict/val: what half=True means for this file. An ONNX or TorchScript file
+        runs in the precision it was exported in (OpenVINOModel chooses at run time)."""
+        if half and not self.half:
+            LOGGER.warning(f"WARNING: half=True ignored: {self.file} was exported in FP32 (export it with half=True)")
 
     # ------------------------------------------------------------------ device
     def _start_session(self) -> None:
@@ -142,9 +156,13 @@ class ExportedModel(nn.Module):
         self.input_type = np.float16 if "float16" in self.session.get_inputs()[0].type else np.float32
         self.providers = self.session.get_providers()
 
+    def _output_width(self) -> int | str | None:
+        """The graph's output0 columns as the file states them (None where it does not)."""
+        return self.session.get_outputs()[0].shape[-1] if self.format == "onnx" else None
+
     def _check_output_width(self) -> None:
         """The graph's output0 must have 4 + C columns (6 with embedded NMS) for the metadata's C names."""
-        width = self.session.get_outputs()[0].shape[-1]
+        width = self._output_width()
         expected = 6 if self.nms is not None else 4 + self.num_classes
         if isinstance(width, int) and width != expected:
             raise ValueError(
@@ -208,3 +226,17 @@ class ExportedModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.file}, format={self.format}, classes={self.num_classes}, nms={self.nms is not None}"
+
+
+def is_exported(model: str | os.PathLike) -> bool:
+    """Whether `model` names an exported file: .onnx, .torchscript, or an OpenVINO IR (its folder or .xml)."""
+    from .openvino_ir import is_openvino
+
+    return Path(model).suffix.lower() in EXPORTED_SUFFIXES or is_openvino(model)
+
+
+def load_exported(model: str | os.PathLike, *, threads: int | None = None) -> ExportedModel:
+    """The backend for an exported file: OpenVINOModel for an IR folder or .xml, else ExportedModel."""
+    from .openvino_ir import OpenVINOModel, is_openvino
+
+    return OpenVINOModel(model, threads=threads) if is_openvino(model) else ExportedModel(model, threads=threads)

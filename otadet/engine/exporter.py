@@ -1,4 +1,5 @@
-"""Export of the assigner-free inference graph to ONNX or TorchScript, with metadata.
+"""Export of the assigner-free inference graph to ONNX or TorchScript, with metadata (OpenVINO:
+the ONNX graph converted, engine/openvino_ir.py).
 
 The graph is `InferenceGraph`: images (B, 3, H, W) normalised ->
 - without NMS: output0 (B, A, 4 + C), the decoded xyxy boxes in input pixels followed by the
@@ -10,7 +11,7 @@ The graph is `InferenceGraph`: images (B, 3, H, W) normalised ->
 
 Metadata (names, strides, imgsz, stride_multiple, model, otadet_version, date, export_args,
 nms) is stored JSON-encoded: as ONNX metadata_props, and as the extra file `otadet.json` of a
-TorchScript archive. `read_metadata` decodes either.
+TorchScript archive (an OpenVINO folder: its metadata.yaml). `read_metadata` decodes any of them.
 
 Exporter choice (torch 2.14): ONNX through the torch.export-based exporter (`dynamo=True`,
 torch's default since 2.9, onnxscript); the legacy TorchScript-based ONNX exporter works too
@@ -38,7 +39,8 @@ from ..utils.log import LOGGER, colorstr
 __all__ = ["FORMATS", "NMSSettings", "InferenceGraph", "export_onnx", "export_torchscript", "read_metadata", "read_onnx_metadata"]
 
 STRIDE_MULTIPLE = 32  # inputs are zero-padded to a multiple of this (loader.collate)
-FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript"}
+# format -> what follows the stem: best.pt exports best.onnx, best.torchscript, best_openvino_model/ (Ultralytics' names)
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript", "openvino": "_openvino_model"}
 TORCHSCRIPT_METADATA = "otadet.json"  # the extra file of a TorchScript archive holding the metadata
 
 
@@ -126,7 +128,8 @@ def _log_done(tag: str, file: Path, inputs: str, output: str, nms: NMSSettings |
         else f"x1 y1 x2 y2 in input pixels + {num_classes} class scores; NMS not included"
     )
     LOGGER.info(f"{colorstr(tag)} input images {inputs} -> output0 {output} ({what})")
-    LOGGER.info(f"{colorstr(tag)} export success {elapsed:.1f}s, saved as {file} ({file.stat().st_size / 1e6:.1f} MB)")
+    size = sum(f.stat().st_size for f in file.iterdir()) if file.is_dir() else file.stat().st_size  # an OpenVINO folder: all of it
+    LOGGER.info(f"{colorstr(tag)} export success {elapsed:.1f}s, saved as {file} ({size / 1e6:.1f} MB)")
     LOGGER.info(f"Predict:         otadet predict model={file} source=path/to/images")
     LOGGER.info(f"Validate:        otadet val model={file} data=your_data.yaml")
 
@@ -153,6 +156,7 @@ def export_onnx(
     half: bool = False,
     simplify: bool = False,
     metadata: dict,
+    log: bool = True,
 ) -> Path:
     """Write `model`'s InferenceGraph to `file` as ONNX and return the path.
 
@@ -162,7 +166,8 @@ def export_onnx(
     onnxsim, which must be installed (the exporter already folds constants and removes dead
     code with onnxscript's optimizer). `metadata` (names, model, ...) is stored JSON-encoded in
     metadata_props; strides, imgsz, stride_multiple, otadet_version, date, export_args and nms
-    are filled in when missing. The file is checked with onnx.checker.
+    are filled in when missing. The file is checked with onnx.checker. log=False leaves out the
+    shapes, size and commands (export_openvino, which converts the file, logs its own).
     """
     import onnx
 
@@ -217,7 +222,8 @@ def export_onnx(
     written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if written != opset:
         LOGGER.warning(f"WARNING: ONNX: opset {opset} was asked for but the file has opset {written} (conversion not possible)")
-    _log_done("ONNX:", file, _shape(proto.graph.input[0]), _shape(proto.graph.output[0]), nms, len(metadata["names"]), elapsed)
+    if log:
+        _log_done("ONNX:", file, _shape(proto.graph.input[0]), _shape(proto.graph.output[0]), nms, len(metadata["names"]), elapsed)
     return file
 
 
@@ -283,8 +289,13 @@ def load_torchscript(file: Path) -> tuple[torch.jit.ScriptModule, dict]:
 
 
 def read_metadata(file: str | os.PathLike) -> dict:
-    """The metadata of an otadet .onnx or .torchscript file, JSON-decoded (names, strides, imgsz, ...)."""
+    """The metadata of an otadet .onnx or .torchscript file, JSON-decoded (names, strides, imgsz, ...),
+    or of an OpenVINO IR folder (or its .xml): its metadata.yaml."""
+    from .openvino_ir import is_openvino, read_ir_metadata
+
     file = Path(file)
+    if is_openvino(file):
+        return read_ir_metadata(file)[2]
     if not file.is_file():
         raise FileNotFoundError(f"exported model {file} does not exist")
     if file.suffix == ".torchscript":

@@ -2,8 +2,9 @@
 
 It holds a network, its ModelConfig and class names, and resolves run arguments with the
 precedence {**cfg/default.yaml, **model YAML 'train:', **checkpoint's train args, **kwargs}.
-An exported file (.onnx, .torchscript) loads as an `ExportedModel` that predicts and
-validates through the same code; its names, imgsz and max_size come from its metadata.
+An exported file (.onnx, .torchscript, an OpenVINO _openvino_model/ folder) loads as an
+`ExportedModel` that predicts and validates through the same code; its names, imgsz and
+max_size come from its metadata.
 """
 
 import json
@@ -19,7 +20,7 @@ from ..datasets.data_yaml import load_data
 from ..datasets.loader import build_dataloader
 from ..models.build import build_detector
 from ..utils.checkpoint import load_checkpoint
-from .backend import EXPORTED_SUFFIXES, ExportedModel
+from .backend import ExportedModel, is_exported, load_exported
 from .transfer import detector_from_checkpoint
 from ..utils.log import LOGGER
 from ..utils.paths import increment_path, newest_weights
@@ -36,7 +37,7 @@ class Detector:
 
     Args:
         model: a YAML in cfg/ (e.g. 'ota_r50.yaml') or a path; a checkpoint path; an exported
-            .onnx / .torchscript file (predict and val only); a released COCO detector to convert
+            .onnx / .torchscript file or OpenVINO <name>_openvino_model/ folder (predict and val only); a released COCO detector to convert
             ('torchvision:fcos_resnet50_fpn', or the official OTA .pth with weights=; see
             otadet.convert); or None for the newest runs/train/*/weights/best.pt.
         weights: the weights file of a model to convert (default for torchvision: its local cache).
@@ -65,8 +66,8 @@ class Detector:
             self.cfg, self.names, self.net = detector_from_checkpoint(state, str(model))
             self.train_args = {k: v for k, v in state.get("train_args", {}).items() if k in _INHERITED}
             self.trained = True
-        elif suffix in EXPORTED_SUFFIXES:
-            self.net = ExportedModel(model)
+        elif is_exported(model):
+            self.net = load_exported(model)
             self.cfg = None
             self.names = self.net.names
             meta = self.net.metadata
@@ -211,20 +212,27 @@ class Detector:
             )
 
     def export(self, **kwargs) -> Path:
-        """Export the assigner-free inference graph (format=onnx | torchscript); returns the written file.
+        """Export the assigner-free inference graph (format=onnx | torchscript | openvino); returns the
+        written file (openvino: the <stem>_openvino_model/ folder).
 
         nms=True embeds NMS with this call's conf (default: predict's), iou and max_det.
         """
         from .exporter import FORMATS, NMSSettings, export_onnx, export_torchscript
+        from .openvino_ir import export_openvino
 
         self._pytorch_only("export")
         args = self._args(kwargs, "export")
-        if args.int8 and (args.format != "onnx" or args.half or args.nms):
-            raise ValueError("export int8=True applies to format=onnx without half and nms (NMS runs after the int8 graph)")
+        if args.int8 and (args.format not in ("onnx", "openvino") or args.half or args.nms):
+            raise ValueError("export int8=True applies to format=onnx or openvino without half and nms (NMS runs after the int8 graph)")
         if args.format not in FORMATS:
-            raise ValueError(f"export format={args.format!r} is not supported; use format=onnx or format=torchscript")
+            raise ValueError(f"export format={args.format!r} is not supported; use format=onnx, torchscript or openvino")
         if args.simplify and args.format != "onnx":
             raise ValueError("export simplify=True applies to format=onnx only")
+        if args.half and args.format == "openvino":
+            raise ValueError(
+                "export format=openvino keeps float32 weights and chooses the precision at run time: export with half=False "
+                "and predict/val with half=True (bf16 on a CPU with bf16)"
+            )
         # FP16 needs a GPU; the FP32 export traces on the CPU whatever device= says.
         device = select_device(args.device) if args.half else torch.device("cpu")
         if args.half and device.type != "cuda":
@@ -232,9 +240,10 @@ class Detector:
                 "export half=True needs a CUDA device (FP16 convolutions are not implemented on the CPU): "
                 "pass device=0, or export in FP32 with half=False"
             )
+        # best.pt -> best.onnx | best.torchscript | best_openvino_model/ beside it; a YAML model under runs/export/
         suffix = FORMATS[args.format]
         if self.source.endswith((".pt", ".pth")):
-            file = Path(self.source).with_suffix(suffix)
+            file = Path(self.source).with_name(Path(self.source).stem + suffix)
         else:
             file = increment_path(Path(args.project) / "export" / args.name, exist_ok=args.exist_ok) / f"{self.cfg.name}{suffix}"
             file.parent.mkdir(parents=True, exist_ok=True)
@@ -260,18 +269,25 @@ class Detector:
         try:
             if args.format == "torchscript":
                 return export_torchscript(self.net, **common)
-            file = export_onnx(self.net, opset=args.opset, simplify=args.simplify, **common)
+            if args.format == "openvino":
+                file = export_openvino(self.net, folder=common.pop("file"), **common)
+            else:
+                file = export_onnx(self.net, opset=args.opset, simplify=args.simplify, **common)
             return self._quantize(file, args, imgsz) if args.int8 else file
         finally:
             self.net.float()
 
     def _quantize(self, file: Path, args, imgsz: int) -> Path:
-        """The int8 QDQ file <name>_int8.onnx next to the float32 `file`, calibrated on `args.data` (engine/quantize.py)."""
+        """The int8 version next to the float32 `file`, calibrated on `args.data`: the QDQ file
+        <name>_int8.onnx (engine/quantize.py), or the IR folder <stem>_int8_openvino_model (nncf, engine/openvino_ir.py)."""
         from .exporter import read_metadata
+        from .openvino_ir import quantize_openvino
         from .quantize import calibration_batches, quantize_onnx, write_metadata
 
-        int8_file = file.with_name(f"{file.stem}_int8.onnx")
         batches = calibration_batches(args.data, imgsz=imgsz, max_size=args.max_size)
+        if args.format == "openvino":
+            return quantize_openvino(file, batches, data=str(args.data))
+        int8_file = file.with_name(f"{file.stem}_int8.onnx")
         info = quantize_onnx(file, int8_file, batches)
         metadata = read_metadata(file)
         metadata["export_args"] = {**metadata.get("export_args", {}), "int8": True, "data": str(args.data)}

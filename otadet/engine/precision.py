@@ -10,8 +10,10 @@ has, and everything after it in float32.
   CPU float16 convolutions are slow reference kernels.
 - A CPU without bf16: half=True would emulate bf16 and be slower than float32, so it runs in
   float32 and says so in one line.
-- An exported model: the precision is the file's (an ONNX/TorchScript export with half=True,
-  an int8 ONNX, an OpenVINO IR with its own hint); predict/val do not change it.
+- An exported ONNX/TorchScript model: the precision is the file's (an export with half=True,
+  an int8 ONNX); predict/val do not change it (half=True on an FP32 file says so).
+- An OpenVINO IR (float32 weights): half=True sets OpenVINO's bf16 inference precision hint
+  on a CPU with bf16 arithmetic, and fails on one without (engine/openvino_ir.py).
 
 Whatever the network ran in, its outputs are cast to float32 before scoring, NMS and the box
 mapping (`float32_outputs`): the boxes are decoded from float32 points (the bf16 distances

@@ -154,18 +154,18 @@ def iter_predict(
     ...) and annotated videos (<name>.mp4, or .avi where mp4 cannot be encoded); save_txt=True
     YOLO labels labels/<name>.txt (videos: <name>_<frame>.txt), with the score if save_conf;
     save_json=True predictions.json (COCO-style results plus file_name). half=True runs a
-    PyTorch model in FP16 on CUDA, under bf16 autocast on a CPU with bf16 (engine/precision.py);
-    boxes, scores and NMS stay float32. augment=True: test-time augmentation (engine/tta.py).
+    PyTorch model in FP16 on CUDA, under bf16 autocast on a CPU with bf16 (an OpenVINO IR: its
+    bf16 hint; engine/precision.py); boxes, scores and NMS stay float32. augment=True: test-time augmentation (engine/tta.py).
     """
     if batch < 1:
         raise ValueError(f"predict: batch must be >= 1, got {batch}")
     device = device if isinstance(device, torch.device) else select_device(device)
     classes = _check_classes(classes, len(names))
-    exported = isinstance(model, ExportedModel)  # its precision is the file's
+    exported = isinstance(model, ExportedModel)
     precision = resolve_precision(half, device, exported=exported)
     log_precision(precision, half)
-    if half and exported and not model.half:
-        LOGGER.warning(f"WARNING: half=True ignored: {model.file} was exported in FP32 (export it with half=True)")
+    if exported:  # ONNX/TorchScript: the file's precision (a note where half=True cannot apply); OpenVINO: its hint
+        model.select_precision(half)
     sources = resolve_sources(source)
     saving = save or save_txt or save_json
     if saving:

@@ -147,7 +147,7 @@ def validate(
     and print a table (per class too if verbose). `save_json` writes the detections there: a
     COCO results list, or for CrowdHuman one .odgt-style JSON record per line.
     augment=True: test-time augmentation (engine/tta.py). half=True: FP16 on CUDA, bf16 autocast
-    on a CPU with bf16, scoring and NMS in float32 (engine/precision.py).
+    on a CPU with bf16 (an OpenVINO IR: its bf16 hint), scoring and NMS in float32 (engine/precision.py).
     """
     dataset = loader.dataset
     if not hasattr(dataset, "image_size") or not hasattr(dataset, "format"):
@@ -160,6 +160,8 @@ def validate(
     model.eval()
     precision = resolve_precision(half, device, exported=isinstance(model, ExportedModel))
     log_precision(precision, half)
+    if isinstance(model, ExportedModel):  # ONNX/TorchScript: the file's precision; OpenVINO: its hint
+        model.select_precision(half)
     restore = contextlib.ExitStack()  # closed in `finally`: float32 weights back after a CUDA half run
     input_dtype = restore.enter_context(prepared(model, precision))
 

@@ -290,7 +290,7 @@ def test_errors(detector, exports, tmp_path):
         exported.export(format="onnx")
     with pytest.raises(ValueError, match="half=True needs a CUDA device"):
         detector.export(format="onnx", half=True, device="cpu", project=str(tmp_path))
-    with pytest.raises(ValueError, match="format=onnx or format=torchscript"):
+    with pytest.raises(ValueError, match="format=onnx, torchscript or openvino"):
         detector.export(format="tflite", project=str(tmp_path))
     if importlib.util.find_spec("onnxsim") is None:  # not a dependency: simplify=True says how to get it
         with pytest.raises(ValueError, match="onnxsim"):
