@@ -77,6 +77,8 @@ def run(argv: list[str]) -> int:
         print(_help())
         return 0
     mode, rest = argv[0], argv[1:]
+    if mode in ("version", "--version", "cfg") and rest:
+        raise UsageError(f"otadet {mode} takes no arguments (got {' '.join(rest)})")
     if mode in ("version", "--version"):
         from . import __version__
 

@@ -315,6 +315,12 @@ _RANGES: dict[str, str] = {
 }  # fmt: skip
 
 
+# Run arguments that take one of a few words.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "split": ("train", "val"), "optimizer": ("sgd", "adamw"), "format": ("onnx", "torchscript", "openvino"),
+}  # fmt: skip
+
+
 def _in_range(value: float, interval: str) -> bool:
     """Whether `value` lies in `interval`, e.g. '[0, 1)' or '(0, inf)'."""
     low, high = (float(x) for x in interval[1:-1].split(","))
@@ -324,6 +330,8 @@ def _in_range(value: float, interval: str) -> bool:
 
 
 def _check_range(key: str, value: Any, where: str) -> None:
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise ConfigError(f"{where}: {key}={value!r} is not one of {', '.join(_CHOICES[key])}")
     interval = _RANGES.get(key)
     if interval is None:
         return

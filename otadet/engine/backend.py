@@ -53,8 +53,8 @@ def checked_metadata(file: Path, metadata: dict) -> dict:
         if sorted(map(str, names)) != sorted(str(i) for i in range(len(names))):
             raise ValueError(f"{file}: metadata 'names' has keys {sorted(names)[:5]}...; they must be 0..{len(names) - 1}")
         names = [names[k] for k in sorted(names, key=int)]
-    if not all(isinstance(n, (str, int)) for n in names):
-        raise ValueError(f"{file}: metadata 'names' holds {[n for n in names if not isinstance(n, (str, int))][:3]}; class names are strings")
+    if not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{file}: metadata 'names' holds {[n for n in names if not isinstance(n, str)][:3]}; class names are strings")
     positive = lambda v: 0 < v <= 1 << 20  # noqa: E731
     strides = _typed(file, metadata, "strides", (list,), [], lambda v: all(isinstance(s, int) and positive(s) for s in v),
                      "a list of positive integers")  # fmt: skip
@@ -71,7 +71,7 @@ def checked_metadata(file: Path, metadata: dict) -> dict:
                 _typed(file, nms, key, kinds, None, check, "in [0, 1]" if key in ("conf", "iou") else "a positive integer")
         nms = NMSSettings(**nms)
     return {
-        "names": [str(n) for n in names],
+        "names": list(names),
         "strides": tuple(strides),
         "imgsz": _typed(file, metadata, "imgsz", (int,), 640, positive, "a positive integer"),
         "stride_multiple": _typed(file, metadata, "stride_multiple", (int,), 32, positive, "a positive integer"),

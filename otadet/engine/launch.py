@@ -22,7 +22,7 @@ from ..config import Args, ModelConfig
 from ..utils.checkpoint import load_checkpoint, save_checkpoint
 from ..utils.dist import dist_env
 from ..utils.log import LOGGER
-from ..utils.torch_utils import device_list
+from ..utils.torch_utils import device_list, select_device
 from .resume import TrainingStopped
 
 __all__ = ["needs_launch", "free_port", "launch_command", "launch_workers"]
@@ -51,6 +51,8 @@ def launch_command(model: str | Path, args: Args, *, nproc: int, port: int) -> l
 
 def launch_workers(model_cfg: ModelConfig, args: Args, save_dir: Path, *, names: list[str], init_state: dict | None) -> dict:
     """Run the training in N torchrun workers writing to `save_dir`; returns run_training's dict."""
+    for device in device_list(args.device):  # a missing GPU fails here, in one line, not in N workers
+        select_device(device)
     weights = save_dir / "weights"
     weights.mkdir(parents=True, exist_ok=True)
     model = save_dir / "model.yaml"

@@ -186,7 +186,13 @@ def _load_pretrained(net: ResNet, path: Path, arch: str) -> LoadReport:
     Any other missing or unexpected key, or a shape mismatch, means another architecture's file
     and raises ValueError naming keys and the fix.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, truncated, or one that needs pickle
+        raise ValueError(
+            f"backbone.pretrained: {path} does not load with weights_only=True ({type(e).__name__}); "
+            f"point it at a torchvision state dict of {arch} (.pth) or an otadet checkpoint (.pt)"
+        ) from e
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict):
         raise ValueError(f"backbone.pretrained: {path} holds a {type(state).__name__}, not a state dict")

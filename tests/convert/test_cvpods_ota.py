@@ -8,6 +8,7 @@ box = shift -+ ltrb, score sqrt(sigmoid(cls) * sigmoid(iou))). A file that needs
 saying so and loads with allow_pickle=True."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,3 +173,18 @@ def test_unknown_key_names_the_key(tmp_path):
     torch.save({"backbone.bottom_up.stem.conv1.weight": torch.zeros(64, 3, 7, 7), "head.extra.weight": torch.zeros(1)}, path)
     with pytest.raises(ValueError, match="head.extra.weight"):
         convert(path)
+
+
+def test_cli_convert_writes_a_checkpoint_that_predicts(official_file, tmp_path, monkeypatch, capsys):
+    from otadet.cli import main
+
+    path, _ = official_file
+    monkeypatch.chdir(tmp_path)
+    assert main(["convert", f"source={path}"]) == 0
+    written = tmp_path / "weights" / "ota_r50_1x.pt"  # the default out: weights/<stem>.pt
+    assert capsys.readouterr().out.strip().endswith(str(Path("weights") / "ota_r50_1x.pt")) and written.is_file()
+    detector = Detector(str(written), verbose=False)
+    assert detector.cfg.backbone.stride_in_1x1 and len(detector.names) == 80 and detector.names[0] == "person"
+    assert main(["convert", f"source={tmp_path / 'missing.pth'}"]) == 2  # one line, no traceback
+    err = capsys.readouterr().err
+    assert err.count("otadet: error:") == 1 and "missing.pth" in err and "Traceback" not in err
