@@ -20,8 +20,11 @@ $(VENV)/.installed: setup.py | $(BIN)/python
 install: $(VENV)/.installed
 
 # Train ota_tiny on the built-in crowded-shapes data, validate, predict, export ONNX.
+# A rerun replaces the demo's own run (otadet never trains into a folder holding weights).
+# amp=true: bf16 autocast on a CPU with AMX or AVX512-BF16 (2x faster steps here), plain fp32 elsewhere.
 demo: install
-	$(BIN)/otadet train model=ota_tiny.yaml data=shapes.yaml name=demo exist_ok=true val=false
+	rm -rf runs/train/demo
+	$(BIN)/otadet train model=ota_tiny.yaml data=shapes.yaml name=demo val=false amp=true
 	$(BIN)/otadet val model=runs/train/demo/weights/best.pt data=shapes.yaml name=demo exist_ok=true
 	$(BIN)/otadet predict model=runs/train/demo/weights/best.pt source='$(OTADET_CACHE)/shapes-v4/images/val/00000*.jpg' name=demo exist_ok=true
 	$(BIN)/otadet export model=runs/train/demo/weights/best.pt format=onnx
