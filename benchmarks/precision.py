@@ -169,12 +169,12 @@ def main() -> None:
           + (f" --weights {args.weights}`" if args.weights else "`"))  # fmt: skip
     print(f"torch {torch.__version__}, CPU bf16 arithmetic: {bf16}, batch 1, {args.threads} threads, median of {args.runs} rounds\n")
     names = list(latency)
-    print("| row | " + " | ".join(f"{n} {SIZES[n][0]}x{SIZES[n][1]} ms (x fp32 eager)" for n in names) + " | max abs score diff / top-100 overlap (" + names[-1] + ") |")
+    print("| row | " + " | ".join(f"{n} {SIZES[n][0]}x{SIZES[n][1]}: ms (speed-up over fp32 eager)" for n in names) + " | max abs score diff / top-100 overlap (" + names[-1] + ") |")
     print("|---|" + "---|" * (len(names) + 1))
     for row in ROWS:
         if row not in latency[names[0]]:
             continue
-        cells = [f"{latency[n][row]:.1f} ({latency[n]['eager fp32'] / latency[n][row]:.2f}x faster)" for n in names]
+        cells = [f"{latency[n][row]:.1f} ({latency[n]['eager fp32'] / latency[n][row]:.2f}x)" for n in names]
         diff, overlap = agreement[names[-1]][row]
         print(f"| {row} | " + " | ".join(cells) + f" | {diff:.4f} / {overlap:.2f} |")
     if accuracy:
