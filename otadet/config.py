@@ -2,24 +2,26 @@
 
 Two sources, one rule each:
 - A model YAML (cfg/ota_*.yaml) is checked against the frozen dataclasses below. Assigner
-  knobs are checked against the assigner's knobs dataclass (OTA's OTAKnobs) or else its own
-  keyword-only signature, so the paper's defaults live in exactly one place.
+  knobs are checked against the assigner's knobs dataclass (otadet/knobs.py), so the paper's
+  defaults live in exactly one place.
 - Run arguments (train/val/predict/export) come from cfg/default.yaml, which holds every key
   and its default; a value's type is its default's type. A model YAML may carry a `train:`
   mapping of run-argument defaults for that model (e.g. a CPU-sized image size).
 Unknown keys fail with the closest valid names (difflib), wrong types name key and type.
+
+The config describes; it imports nothing that builds. The names it checks a YAML against (backbone
+architectures, norms, DCN stages, assigners) are defined here or in otadet/knobs.py, and the
+builders (otadet.models, otadet.assign) take them from here.
 """
 
 import dataclasses
 import difflib
-import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from .assign import ASSIGNER_KNOBS, ASSIGNERS
-from .models.backbone import ARCHS, DCN_STAGES, NORMS, pretrained_file
+from .knobs import ASSIGNER_KNOBS
 from .utils.checks import ConfigError, check_keys, read_yaml
 from .utils.paths import asset_dir, find_asset
 
@@ -39,7 +41,6 @@ __all__ = [
     "with_assigner",
     "default_args",
     "make_args",
-    "with_pretrained",
     "check_keys",
     "read_yaml",
 ]
@@ -48,9 +49,15 @@ __all__ = [
 # ----------------------------------------------------------------------------- model schema
 
 
+# What the builders in otadet.models can make (models/backbone.py maps each name to its module).
+ARCHS = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnext101_64x4d")
+NORMS = ("frozen_bn", "bn")
+DCN_STAGES = (3, 4, 5)  # stages that may carry DCN: c3-c5 = torchvision layer2-layer4
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
-    arch: str = "resnet50"  # one of models.backbone.ARCHS
+    arch: str = "resnet50"  # one of ARCHS
     norm: str = "frozen_bn"  # frozen_bn (pretrained recipe) | bn (from scratch)
     freeze_at: int = 2  # 0 none, 1 stem, 2 stem + res2 (detectron2)
     # A local torchvision state-dict file, or 'torchvision' / 'torchvision:IMAGENET1K_V2' for
@@ -208,22 +215,17 @@ def model_config_from_dict(data: dict, where: str = "model config") -> ModelConf
 
 
 def _check_assigner(value: Any, where: str) -> dict:
+    """The YAML's `assigner:` (a name, or a mapping with 'name' and knobs) -> {'name': ..., **knobs},
+    each knob checked against the field of the assigner's knobs dataclass (otadet/knobs.py)."""
     if isinstance(value, str):
         value = {"name": value}
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: 'assigner' must be a name or a mapping with 'name' and knobs, got {value!r}")
     value = dict(value)
     name = value.get("name", "ota")
-    if name not in ASSIGNERS:
-        check_keys({name: 0}, ASSIGNERS, f"{where}: assigner.name")
-    if name in ASSIGNER_KNOBS:  # knob -> its field's type, from the assigner's frozen knobs dataclass
-        params = {f.name: f.type for f in dataclasses.fields(ASSIGNER_KNOBS[name])}
-    else:  # knob -> its annotated type (e.g. `int | None`), else its default's type
-        params = {
-            p.name: type(p.default) if p.annotation is inspect.Parameter.empty else p.annotation
-            for p in inspect.signature(ASSIGNERS[name]).parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY
-        }
+    if name not in ASSIGNER_KNOBS:
+        check_keys({name: 0}, ASSIGNER_KNOBS, f"{where}: assigner.name")
+    params = {f.name: f.type for f in dataclasses.fields(ASSIGNER_KNOBS[name])}
     knobs = {k: v for k, v in value.items() if k != "name"}
     check_keys(knobs, params, f"{where}: assigner ({name})")
     for key, v in knobs.items():
@@ -233,11 +235,10 @@ def _check_assigner(value: Any, where: str) -> dict:
             knobs[key] = tuple(float(x) for x in v)
         else:
             knobs[key] = _check_type(v, params[key], f"assigner.{key}", where)
-    if name in ASSIGNER_KNOBS:
-        try:  # the dataclass's own checks (ranges), once, when the YAML loads
-            ASSIGNER_KNOBS[name](**knobs)
-        except ValueError as e:
-            raise ConfigError(f"{where}: {e}") from None
+    try:  # the dataclass's own checks (ranges), once, when the YAML loads
+        ASSIGNER_KNOBS[name](**knobs)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
     return {"name": name, **knobs}
 
 
@@ -261,29 +262,6 @@ def load_model_config(name_or_path: str | os.PathLike) -> ModelConfig:
     data = read_yaml(path)
     data.setdefault("name", path.stem)
     return model_config_from_dict(data, where=str(path))
-
-
-def with_pretrained(cfg: ModelConfig, pretrained: str | bool | None) -> ModelConfig:
-    """`cfg` with the run key `pretrained` applied to backbone.pretrained.
-
-    None keeps the model YAML's; False trains the backbone from scratch; True or 'torchvision'
-    takes torchvision's IMAGENET1K_V1 weights from its local cache ('torchvision:IMAGENET1K_V2'
-    another); any other string is a torchvision state-dict file. Checked here, before any
-    work: a file or cache entry that is missing fails with the file to place and where.
-    """
-    if pretrained is None:
-        return cfg
-    if pretrained is False or pretrained == "":
-        value = None
-    elif pretrained is True:
-        value = "torchvision"
-    elif isinstance(pretrained, (str, os.PathLike)):
-        value = str(pretrained)
-    else:
-        raise ConfigError(f"pretrained={pretrained!r}: expected a file path, torchvision, true/false or null")
-    if value is not None:
-        pretrained_file(cfg.backbone.arch, value, key="pretrained")
-    return dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, pretrained=value))
 
 
 # ----------------------------------------------------------------------------- run arguments

@@ -4,18 +4,14 @@
 Shapes: B=batch, A (or N)=anchor points, G=gts, C=classes.
 """
 
-from typing import Literal, get_args
-
 import torch
 from torch import Tensor
 import torch.nn.functional as F
 
+from ..knobs import IOU_COSTS, IouCost
 from ._boxes import pairwise_giou
 
 __all__ = ["IouCost", "IOU_COSTS", "focal_terms", "negative_focal_term", "classification_costs", "relative_class_cost", "regression_cost"]
-
-IouCost = Literal["log", "linear", "giou"]  # string knobs are Literals: the config checks YAML values against them
-IOU_COSTS = get_args(IouCost)
 
 
 def focal_terms(logits: Tensor, *, alpha: float, gamma: float) -> tuple[Tensor, Tensor]:

@@ -3,19 +3,13 @@
 Shapes: B=batch, A=anchor points (all FPN levels), G=gts (padded to the batch max).
 """
 
-from typing import Literal, get_args
-
 import torch
 from torch import Tensor
 
+from ..knobs import AMBIGUITY_RULES, CENTER_PRIORS, AmbiguityRule, CenterPrior
 from ._boxes import centre_candidates, nearest_per_level
 
 __all__ = ["CenterPrior", "AmbiguityRule", "CENTER_PRIORS", "AMBIGUITY_RULES", "prior_candidates", "resolve_ambiguous"]
-
-CenterPrior = Literal["official", "nearest"]
-AmbiguityRule = Literal["none", "min_area", "max_iou", "min_loss"]
-CENTER_PRIORS = get_args(CenterPrior)
-AMBIGUITY_RULES = get_args(AmbiguityRule)
 
 
 def prior_candidates(

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..knobs import ATSSKnobs
 from ._boxes import anchor_boxes, inside_boxes, pairwise_iou
 from ._result import all_background, match_stats, targets_from_matches
 from ._types import AssignResult
@@ -30,36 +31,31 @@ def atss(
     gt_boxes: Tensor,
     gt_labels: Tensor,
     gt_mask: Tensor,
-    *,
-    top_k: int = 9,
-    anchor_size: float = 8.0,
-    inside_margin: float = 0.01,
+    **knobs,
 ) -> AssignResult:
     """Assign anchors to gts by ATSS's adaptive IoU threshold.
 
     Args:
         points, strides, cls_logits, pred_boxes, gt_boxes, gt_labels, gt_mask: as otadet.assign.ota;
             points must be laid out level by level (as otadet.models.anchor_points does).
-        top_k: candidates per level by centre distance (ATSS: 9).
-        anchor_size: anchor side in strides (ATSS with FCOS: 8; match head.anchor_scale for the
-            anchor-based detector).
-        inside_margin: a positive's centre lies inside the gt by more than this (official: 0.01 px).
+        knobs: fields of ATSSKnobs (otadet/knobs.py): top_k, anchor_size, inside_margin.
     Returns:
         AssignResult; stats holds num_pos, num_gts, mean_k (claims per gt), pos_per_gt, num_ambiguous.
     """
+    cfg = ATSSKnobs(**knobs)
     B, A, C = cls_logits.shape
     G = gt_boxes.shape[1]
     pred_boxes, gt_boxes = pred_boxes.float(), gt_boxes.float()
     if G == 0 or not bool(gt_mask.any()):
         return all_background(B, A, C, cls_logits.device)
 
-    anchor_ious = pairwise_iou(gt_boxes, anchor_boxes(points, strides, anchor_size))  # (B, G, A)
+    anchor_ious = pairwise_iou(gt_boxes, anchor_boxes(points, strides, cfg.anchor_size))  # (B, G, A)
     centre = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2  # (B, G, 2)
     distance = (points[:, 0] - centre[..., 0, None]) ** 2 + (points[:, 1] - centre[..., 1, None]) ** 2  # (B, G, A)
     # Sec. 3.1: the top_k anchors closest to the gt centre on each level (squared distance, same order).
     candidates, start = [], 0
     for count in torch.unique_consecutive(strides, return_counts=True)[1].tolist():
-        nearest = distance[..., start : start + count].topk(min(top_k, count), dim=2, largest=False).indices
+        nearest = distance[..., start : start + count].topk(min(cfg.top_k, count), dim=2, largest=False).indices
         candidates.append(nearest + start)
         start += count
     candidates = torch.cat(candidates, dim=2)  # (B, G, K)
@@ -67,7 +63,7 @@ def atss(
     # Threshold per gt: mean + std of the candidates' IoUs (std unbiased, as the official code).
     candidate_ious = anchor_ious.gather(2, candidates)  # (B, G, K)
     threshold = candidate_ious.mean(dim=2) + candidate_ious.std(dim=2)  # (B, G)
-    inside = inside_boxes(points, gt_boxes, margin=inside_margin).gather(2, candidates)  # (B, G, K)
+    inside = inside_boxes(points, gt_boxes, margin=cfg.inside_margin).gather(2, candidates)  # (B, G, K)
     keep = (candidate_ious >= threshold[..., None]) & inside & gt_mask[:, :, None]  # (B, G, K)
     claimed = torch.zeros_like(anchor_ious, dtype=torch.bool).scatter_(2, candidates, keep)  # (B, G, A)
 

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..knobs import FCOSKnobs
 from ._boxes import near_centre
 from ._result import all_background, match_stats, targets_from_matches
 from ._types import AssignResult
@@ -30,21 +31,18 @@ def fcos(
     gt_boxes: Tensor,
     gt_labels: Tensor,
     gt_mask: Tensor,
-    *,
-    scale_ranges: tuple = (0.0, 64.0, 128.0, 256.0, 512.0, math.inf),
-    center_radius: float = 1.5,
+    **knobs,
 ) -> AssignResult:
     """Assign anchors to gts by FCOS's rules (torchvision's FCOS matcher, batched).
 
     Args:
         points, strides, cls_logits, pred_boxes, gt_boxes, gt_labels, gt_mask: as otadet.assign.ota
             (cls_logits only give the shapes; the rule ignores predictions).
-        scale_ranges: level i (in increasing stride) takes gts with lower_i < max(l,t,r,b) < upper_i,
-            bounds from consecutive entries; one more entry than levels.
-        center_radius: centre sampling, in strides (FCOS: 1.5).
+        knobs: fields of FCOSKnobs (otadet/knobs.py): scale_ranges, center_radius.
     Returns:
         AssignResult; stats holds num_pos, num_gts, mean_k (claims per gt), pos_per_gt, num_ambiguous.
     """
+    cfg = FCOSKnobs(**knobs)
     B, A, C = cls_logits.shape
     G = gt_boxes.shape[1]
     pred_boxes, gt_boxes = pred_boxes.float(), gt_boxes.float()
@@ -52,12 +50,12 @@ def fcos(
         return all_background(B, A, C, cls_logits.device)
 
     level_strides = torch.unique(strides)  # (L,) increasing
-    if len(scale_ranges) != len(level_strides) + 1:
+    if len(cfg.scale_ranges) != len(level_strides) + 1:
         raise ValueError(
-            f"fcos: scale_ranges {tuple(scale_ranges)} has {len(scale_ranges)} entries; "
+            f"fcos: scale_ranges {tuple(cfg.scale_ranges)} has {len(cfg.scale_ranges)} entries; "
             f"{len(level_strides)} FPN levels need {len(level_strides) + 1}"
         )
-    bounds = torch.tensor([float(b) for b in scale_ranges], device=strides.device)  # (L+1,)
+    bounds = torch.tensor([float(b) for b in cfg.scale_ranges], device=strides.device)  # (L+1,)
     level = torch.searchsorted(level_strides, strides)  # (A,)
     lower, upper = bounds[level], bounds[level + 1]  # (A,)
 
@@ -66,7 +64,7 @@ def fcos(
     left, top, right, bottom = x - x1, y - y1, x2 - x, y2 - y  # each (B, G, A)
     inside = torch.minimum(torch.minimum(left, top), torch.minimum(right, bottom)) > 0
     reach = torch.maximum(torch.maximum(left, top), torch.maximum(right, bottom))  # max(l, t, r, b)
-    claimed = inside & near_centre(points, strides, gt_boxes, radius=center_radius)
+    claimed = inside & near_centre(points, strides, gt_boxes, radius=cfg.center_radius)
     claimed &= (reach > lower) & (reach < upper) & gt_mask[:, :, None]  # (B, G, A)
 
     # Ambiguous points learn the smallest gt; among equal areas the first gt (torchvision's max).

@@ -3,7 +3,7 @@
 Each gt is a supplier of k_i units of "positive label", the background a supplier of the
 rest; every anchor point demands one unit. The cheapest way to ship them (entropic OT,
 solved by Sinkhorn) decides which gt, if any, each anchor learns from. Every knob of the
-paper's ablations is a field of OTAKnobs (docs/assigners.md), settable from the model YAML.
+paper's ablations is a field of OTAKnobs (otadet/knobs.py, docs/assigners.md), settable from the model YAML.
 
 `ota` reads as its stages: candidates (the centre prior) -> kept columns (compaction) ->
 problem (the costs and supplies over those columns) -> solve (one of SOLVERS) -> grow (only
@@ -15,16 +15,16 @@ C=classes, K=kept columns, O=orphan gts. Target convention: see otadet.assign._t
 
 import dataclasses
 import math
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 import torch.nn.functional as F
 
+from ..knobs import IOU_COSTS, OTAKnobs
 from ._boxes import pairwise_iou
-from ._costs import IOU_COSTS, IouCost, classification_costs, focal_terms, relative_class_cost, regression_cost
-from ._prior import AMBIGUITY_RULES, CENTER_PRIORS, AmbiguityRule, CenterPrior, prior_candidates, resolve_ambiguous
+from ._costs import classification_costs, focal_terms, relative_class_cost, regression_cost
+from ._prior import prior_candidates, resolve_ambiguous
 from ._result import all_background
 from ._sparse import solve_support
 from ._transport import LEAK_TOL, Solved, kept_order, leak_bound, leaks, orphan_columns, solve_kept
@@ -34,59 +34,6 @@ __all__ = ["ota", "OTAKnobs", "SOLVERS", "classification_costs", "focal_terms", 
 
 HARD_EXCLUSION = 1e6  # an extra cost this large excludes exactly (the official code's value)
 MAX_GROWTH = 4  # rounds of adding columns the bound asks for; past them the solve takes every anchor
-
-
-@dataclass(frozen=True)
-class OTAKnobs:
-    """Every knob of `ota`, with the official code's defaults: the model YAML's `assigner:`
-    mapping is checked against these fields (otadet.config) and passed to `ota` as keywords."""
-
-    iou_weight: float = 1.5  # alpha in the cost c_ij = cls + alpha * IoU loss (paper Eq. 7)
-    iou_cost: IouCost = "log"  # 'log' -log IoU (official), 'linear' 1 - IoU, 'giou' 1 - GIoU
-    # The centre prior. 'official': inside the box by > candidate_margin px and within
-    # center_radius*stride of its centre; others pay non_candidate_cost. 'nearest': the
-    # prior_radius**2 points nearest the centre on each level; others pay prior_cost.
-    # An extra cost >= 1e6 excludes exactly; a smaller prior_cost is a soft prior.
-    center_prior: CenterPrior = "official"
-    center_radius: float = 2.5
-    candidate_margin: float = 0.01
-    non_candidate_cost: float = 1e6
-    prior_radius: int = 5
-    prior_cost: float = 1e6
-    # Sec. 3.3: k_i = max(1, floor(sum of the top_q candidate IoUs)), or fixed_k for every gt
-    # (clipped to its number of candidates) when set.
-    top_q: int = 20
-    fixed_k: int | None = None
-    # 'none' (plain OTA), or settle anchors that are candidates of several gts first by
-    # 'min_area' (smallest gt), 'max_iou' (IoU of the predicted box) or 'min_loss' (lowest
-    # cls + alpha*IoU cost), then run OTA (paper Table 3).
-    ambiguity: AmbiguityRule = "none"
-    eps: float = 0.1  # Sinkhorn regularisation (official: 0.1)
-    iters: int = 50  # Sinkhorn iterations (official: 50), the cap when tol is set
-    tol: float | None = None  # early stop on the marginal error; None runs all iters
-    focal_alpha: float = 0.25  # the focal cost, as the focal loss
-    focal_gamma: float = 2.0
-    rescale_plan: bool = True  # divide each supplier's row by its max before the argmax (official code)
-    # Speed only, the same assignment: solve over the anchors some gt can reach (used when the
-    # exclusion is >= 1e6); on the CPU, solve images of gt counts > 4x apart in separate groups,
-    # and run Sinkhorn over the (gt, candidate) pairs (SOLVERS["sparse"]; CUDA keeps "dense").
-    compact: bool = True
-    bucket: bool = True
-    sparse: bool = True
-
-    def __post_init__(self) -> None:
-        for name, allowed in (("iou_cost", IOU_COSTS), ("center_prior", CENTER_PRIORS), ("ambiguity", AMBIGUITY_RULES)):
-            if getattr(self, name) not in allowed:
-                value = getattr(self, name)
-                raise ValueError(f"ota: {name}={value!r} is not one of {', '.join(allowed)} — set assigner.{name} in the model YAML")
-        for name in ("prior_radius", "fixed_k", "top_q"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"ota: {name}={getattr(self, name)} must be >= 1")
-
-    @property
-    def exclusion(self) -> float:
-        """The extra cost of a gt's non-candidates."""
-        return self.non_candidate_cost if self.center_prior == "official" else self.prior_cost
 
 
 @torch.no_grad()

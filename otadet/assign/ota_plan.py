@@ -15,6 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..knobs import OTAKnobs
 from ._boxes import pairwise_iou
 from ._costs import classification_costs, regression_cost
 from ._prior import prior_candidates, resolve_ambiguous
@@ -46,59 +47,41 @@ def ota_plan(
     gt_boxes: Tensor,
     gt_labels: Tensor,
     gt_mask: Tensor,
-    *,
-    iou_weight: float = 1.5,
-    iou_cost: str = "log",
-    center_prior: str = "official",
-    center_radius: float = 2.5,
-    candidate_margin: float = 0.01,
-    non_candidate_cost: float = 1e6,
-    prior_radius: int = 5,
-    prior_cost: float = 1e6,
-    top_q: int = 20,
-    fixed_k: int | None = None,
-    ambiguity: str = "none",
-    eps: float = 0.1,
-    iters: int = 50,
-    tol: float | None = None,
-    focal_alpha: float = 0.25,
-    focal_gamma: float = 2.0,
-    rescale_plan: bool = True,
-    **_speed_knobs,
+    **knobs,
 ) -> OTAPlan:
-    """The dense plan of `ota` with the same inputs and knobs (compact, bucket and sparse change
-    only how `ota` solves, not the solution, and are accepted and ignored). Needs gts (G >= 1)."""
+    """The dense plan of `ota` with the same inputs and knobs, the fields of OTAKnobs (compact,
+    bucket and sparse change only how `ota` solves, not the solution, and are ignored). Needs gts (G >= 1)."""
+    cfg = OTAKnobs(**knobs)
     cls_logits, pred_boxes, gt_boxes = cls_logits.float(), pred_boxes.float(), gt_boxes.float()
     A = cls_logits.shape[1]
     candidates = prior_candidates(
-        points, strides, gt_boxes, gt_mask, center_prior=center_prior, center_radius=center_radius,
-        candidate_margin=candidate_margin, prior_radius=prior_radius,
+        points, strides, gt_boxes, gt_mask, center_prior=cfg.center_prior, center_radius=cfg.center_radius,
+        candidate_margin=cfg.candidate_margin, prior_radius=cfg.prior_radius,
     )  # fmt: skip  (B, G, A)
-    exclusion = non_candidate_cost if center_prior == "official" else prior_cost
-    gt_cost, background_cost = classification_costs(cls_logits, gt_labels, alpha=focal_alpha, gamma=focal_gamma)
+    gt_cost, background_cost = classification_costs(cls_logits, gt_labels, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
     ious = pairwise_iou(gt_boxes, pred_boxes)  # (B, G, A)
-    pair_cost = gt_cost + iou_weight * regression_cost(ious, gt_boxes, pred_boxes, iou_cost)  # Eq. 7, (B, G, A)
-    if ambiguity != "none":
+    pair_cost = gt_cost + cfg.iou_weight * regression_cost(ious, gt_boxes, pred_boxes, cfg.iou_cost)  # Eq. 7, (B, G, A)
+    if cfg.ambiguity != "none":
         area = (gt_boxes[..., 2] - gt_boxes[..., 0]) * (gt_boxes[..., 3] - gt_boxes[..., 1])  # (B, G)
-        score = {"min_area": area[:, :, None].expand_as(ious), "max_iou": -ious, "min_loss": pair_cost}[ambiguity]
+        score = {"min_area": area[:, :, None].expand_as(ious), "max_iou": -ious, "min_loss": pair_cost}[cfg.ambiguity]
         candidates = resolve_ambiguous(candidates, score)
     # A gt with no candidate would pay the exclusion everywhere, a constant over its row: not added (as `ota`).
     orphans = gt_mask & ~candidates.any(dim=2)  # (B, G)
-    pair_cost = pair_cost + exclusion * (~candidates & ~orphans[:, :, None])
+    pair_cost = pair_cost + cfg.exclusion * (~candidates & ~orphans[:, :, None])
     cost = torch.cat((pair_cost, background_cost[:, None, :]), dim=1)  # (B, G+1, A)
 
-    if fixed_k is None:  # Sec. 3.3: dynamic k from the top-q candidate IoUs
-        k = (ious * candidates).topk(min(top_q, A), dim=2).values.sum(dim=2).floor()  # (B, G)
+    if cfg.fixed_k is None:  # Sec. 3.3: dynamic k from the top-q candidate IoUs
+        k = (ious * candidates).topk(min(cfg.top_q, A), dim=2).values.sum(dim=2).floor()  # (B, G)
     else:
-        k = candidates.sum(dim=2).clamp(max=fixed_k).float()
+        k = candidates.sum(dim=2).clamp(max=cfg.fixed_k).float()
     k = k.clamp(min=1) * gt_mask
     supply = torch.cat((k, (A - k.sum(dim=1, keepdim=True)).clamp(min=0)), dim=1)  # Eq. 4, (B, G+1)
-    plan = sinkhorn(cost, supply, torch.ones_like(background_cost), eps=eps, iters=iters, tol=tol)  # (B, G+1, A)
+    plan = sinkhorn(cost, supply, torch.ones_like(background_cost), eps=cfg.eps, iters=cfg.iters, tol=cfg.tol)  # (B, G+1, A)
 
     column = plan.sum(dim=1).clamp(min=torch.finfo(plan.dtype).tiny)  # (B, A)
     max_share = plan.amax(dim=1) / column
     read = plan
-    if rescale_plan:  # the official read-out: each supplier's row scaled so its largest entry is 1
+    if cfg.rescale_plan:  # the official read-out: each supplier's row scaled so its largest entry is 1
         row_max = plan.amax(dim=2, keepdim=True)
         read = torch.where(row_max > 0, plan / row_max, plan)
     return OTAPlan(plan, k, candidates, read.argmax(dim=1), max_share)

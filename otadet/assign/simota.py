@@ -19,6 +19,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..knobs import SimOTAKnobs
 from ._boxes import inside_boxes, near_centre, pairwise_iou
 from ._costs import classification_costs
 from ._result import all_background, match_stats, targets_from_matches
@@ -36,26 +37,18 @@ def simota(
     gt_boxes: Tensor,
     gt_labels: Tensor,
     gt_mask: Tensor,
-    *,
-    center_radius: float = 2.5,
-    iou_weight: float = 3.0,
-    outside_cost: float = 1e5,
-    top_q: int = 10,
-    focal_alpha: float = 0.25,
-    focal_gamma: float = 2.0,
+    **knobs,
 ) -> AssignResult:
     """Assign anchors to gts by YOLOX's SimOTA.
 
     Args:
         points, strides, cls_logits, pred_boxes, gt_boxes, gt_labels, gt_mask: as otadet.assign.ota.
-        center_radius: centre region half-size, in strides (YOLOX: 2.5).
-        iou_weight: weight of -log IoU in the cost (YOLOX: 3).
-        outside_cost: added where the point is not inside both the gt box and its centre region (YOLOX: 1e5).
-        top_q: dynamic k = max(1, floor(sum of the gt's top_q IoUs over the candidates)) (YOLOX: 10).
-        focal_alpha, focal_gamma: the focal classification cost, as the focal loss.
+        knobs: fields of SimOTAKnobs (otadet/knobs.py): center_radius, iou_weight, outside_cost, top_q,
+            focal_alpha, focal_gamma.
     Returns:
         AssignResult; stats holds num_pos, num_gts, mean_k (mean dynamic k), pos_per_gt, num_ambiguous.
     """
+    cfg = SimOTAKnobs(**knobs)
     B, A, C = cls_logits.shape
     G = gt_boxes.shape[1]
     cls_logits, pred_boxes, gt_boxes = cls_logits.float(), pred_boxes.float(), gt_boxes.float()
@@ -64,16 +57,16 @@ def simota(
 
     valid = gt_mask[:, :, None]  # (B, G, 1)
     in_box = inside_boxes(points, gt_boxes)  # (B, G, A)
-    in_centre = near_centre(points, strides, gt_boxes, radius=center_radius)  # (B, G, A)
+    in_centre = near_centre(points, strides, gt_boxes, radius=cfg.center_radius)  # (B, G, A)
     candidates = ((in_box | in_centre) & valid).any(dim=1, keepdim=True)  # (B, 1, A): YOLOX's fg_mask
 
-    gt_cost, _ = classification_costs(cls_logits, gt_labels, alpha=focal_alpha, gamma=focal_gamma)  # (B, G, A)
+    gt_cost, _ = classification_costs(cls_logits, gt_labels, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)  # (B, G, A)
     ious = pairwise_iou(gt_boxes, pred_boxes)  # (B, G, A)
-    cost = gt_cost + iou_weight * -torch.log(ious + 1e-8) + outside_cost * ~(in_box & in_centre)
+    cost = gt_cost + cfg.iou_weight * -torch.log(ious + 1e-8) + cfg.outside_cost * ~(in_box & in_centre)
     cost = cost.masked_fill(~(candidates & valid), math.inf)  # (B, G, A): only candidates, only real gts
 
     # Dynamic k from the gt's top_q IoUs over the candidates (never more than top_q).
-    q = min(top_q, A)
+    q = min(cfg.top_q, A)
     dynamic_k = (ious * candidates).topk(q, dim=2).values.sum(dim=2).floor().clamp(min=1)  # (B, G)
     # Each gt takes its dynamic_k cheapest candidates: topk over padded gts, then a rank cut.
     cheapest, index = cost.topk(q, dim=2, largest=False)  # (B, G, q) increasing cost

@@ -31,6 +31,7 @@ from torchvision.models import (
 from torchvision.models.resnet import BasicBlock, ResNet
 from torchvision.ops import FrozenBatchNorm2d
 
+from ..config import ARCHS as ARCH_NAMES, DCN_STAGES, NORMS as NORM_NAMES
 from ..utils.log import LOGGER
 from .dcn import ModulatedDeformConv2d
 
@@ -51,7 +52,7 @@ ARCHS = {
     "resnext101_64x4d": resnext101_64x4d,
 }
 NORMS = {"frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d}
-DCN_STAGES = (3, 4, 5)  # stages that may carry DCN: c3-c5 = torchvision layer2-layer4
+assert tuple(ARCHS) == ARCH_NAMES and tuple(NORMS) == NORM_NAMES  # the names the config checks YAMLs against
 
 # pretrained='torchvision' picks IMAGENET1K_V1: the weights detection models are trained from
 # (torchvision's own detectors and the paper's era); 'torchvision:IMAGENET1K_V2' picks another.

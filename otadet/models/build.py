@@ -1,17 +1,21 @@
-"""build_detector: the only code that turns a model config into modules."""
+"""build_detector: the only code that turns a model config into modules (and that resolves the
+backbone's pretrained weights to a file, models/backbone.py)."""
 
-from ..config import InputConfig, ModelConfig, with_pretrained
-from .backbone import ResNetBackbone
+import dataclasses
+import os
+
+from ..config import ConfigError, InputConfig, ModelConfig
+from .backbone import ResNetBackbone, pretrained_file
 from .detector import STRIDES, OTADetector, build_fpn
 from .head import OTAHead
 from .input_norm import InputNorm
 
-__all__ = ["build_detector"]
+__all__ = ["build_detector", "with_pretrained"]
 
 
 def build_detector(cfg: ModelConfig, num_classes: int | None = None, *, pretrained: str | bool | None = None) -> OTADetector:
     """Network for `cfg`; `num_classes` (from the dataset) overrides cfg.num_classes, and
-    `pretrained` (the run key, see config.with_pretrained) overrides backbone.pretrained."""
+    `pretrained` (the run key, see with_pretrained) overrides backbone.pretrained."""
     num_classes = num_classes or cfg.num_classes
     cfg = with_pretrained(cfg, pretrained)
     backbone = ResNetBackbone(
@@ -44,6 +48,29 @@ def build_detector(cfg: ModelConfig, num_classes: int | None = None, *, pretrain
         point_offset=cfg.head.point_offset,
         input_norm=_input_norm(cfg.input),
     )
+
+
+def with_pretrained(cfg: ModelConfig, pretrained: str | bool | None) -> ModelConfig:
+    """`cfg` with the run key `pretrained` applied to backbone.pretrained.
+
+    None keeps the model YAML's; False trains the backbone from scratch; True or 'torchvision'
+    takes torchvision's IMAGENET1K_V1 weights from its local cache ('torchvision:IMAGENET1K_V2'
+    another); any other string is a torchvision state-dict file. Checked here, before any
+    work: a file or cache entry that is missing fails with the file to place and where.
+    """
+    if pretrained is None:
+        return cfg
+    if pretrained is False or pretrained == "":
+        value = None
+    elif pretrained is True:
+        value = "torchvision"
+    elif isinstance(pretrained, (str, os.PathLike)):
+        value = str(pretrained)
+    else:
+        raise ConfigError(f"pretrained={pretrained!r}: expected a file path, torchvision, true/false or null")
+    if value is not None:
+        pretrained_file(cfg.backbone.arch, value, key="pretrained")
+    return dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, pretrained=value))
 
 
 def _input_norm(cfg: InputConfig) -> InputNorm | None:

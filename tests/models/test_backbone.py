@@ -5,7 +5,8 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from otadet.config import ConfigError, make_args, model_config_from_dict, with_pretrained
+from otadet.config import ConfigError, make_args, model_config_from_dict
+from otadet.models.build import with_pretrained
 from otadet.models.backbone import ResNetBackbone, pretrained_file
 from otadet.models.build import build_detector
 from otadet.models.dcn import ModulatedDeformConv2d
