@@ -1,6 +1,8 @@
 """Shared fixtures. Nothing here downloads: data is generated into tmp_path."""
 
+import logging
 import os
+import signal
 
 import yaml
 
@@ -36,3 +38,30 @@ def _write_data_yaml(file, *, path, **extra):
 def write_data_yaml():
     """write_data_yaml(file, path=..., **extra_keys) -> file."""
     return _write_data_yaml
+
+
+@pytest.fixture
+def log_messages():
+    """Every message otadet's logger emits during the test, in order."""
+    from otadet.utils.log import LOGGER
+
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    LOGGER.addHandler(handler)
+    yield messages
+    LOGGER.removeHandler(handler)
+
+
+@pytest.fixture
+def hang_guard():
+    """A hang is a failure: SIGALRM raises TimeoutError after 60 s."""
+
+    def hung(*_):
+        raise TimeoutError("hung for 60 s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)

@@ -4,7 +4,6 @@ File-system cases run under a timeout (SIGALRM) so a hang fails instead of block
 
 import json
 import os
-import signal
 
 import cv2
 import numpy as np
@@ -18,31 +17,6 @@ from otadet.datasets.image_io import apply_orientation, image_problem, load_imag
 from otadet.datasets.transforms import build_transforms
 from otadet.engine.sources import read_frames, resolve_sources
 from otadet.utils.checkpoint import save_checkpoint
-from otadet.utils.log import LOGGER
-
-
-@pytest.fixture
-def within_10s():
-    def hang(*_):
-        raise TimeoutError("hung for 10 s")
-
-    previous = signal.signal(signal.SIGALRM, hang)
-    signal.alarm(10)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
-
-
-@pytest.fixture
-def log():
-    import logging
-
-    messages = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())
-    LOGGER.addHandler(handler)
-    yield messages
-    LOGGER.removeHandler(handler)
 
 
 # ------------------------------------------------------------------ CLI values
@@ -93,7 +67,7 @@ def _jpeg(path, h=40, w=60):
     return path
 
 
-def test_fifo_named_jpg_is_skipped_not_read(tmp_path, within_10s, log):
+def test_fifo_named_jpg_is_skipped_not_read(tmp_path, hang_guard, log_messages):
     fifo = tmp_path / "x.jpg"
     os.mkfifo(fifo)
     assert load_image(fifo)[0] is None and "not a regular file" in image_problem(fifo, None)
@@ -101,16 +75,16 @@ def test_fifo_named_jpg_is_skipped_not_read(tmp_path, within_10s, log):
         resolve_sources(str(fifo))
 
 
-def test_truncated_jpeg_is_skipped_with_a_warning(tmp_path, within_10s, log):
+def test_truncated_jpeg_is_skipped_with_a_warning(tmp_path, hang_guard, log_messages):
     good = _jpeg(tmp_path / "good.jpg")
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
     frames = list(read_frames(resolve_sources([str(cut), str(good)])))
     assert [f.source.path for f in frames] == [str(good)]
-    assert any("cut.jpg" in m and "truncated" in m for m in log)
+    assert any("cut.jpg" in m and "truncated" in m for m in log_messages)
 
 
-def test_pixel_limit_skips_before_decoding(tmp_path, within_10s):
+def test_pixel_limit_skips_before_decoding(tmp_path, hang_guard):
     big = _jpeg(tmp_path / "big.jpg", 200, 300)
     set_max_pixels(200 * 300 - 1)
     try:
@@ -151,11 +125,11 @@ def _coco(tmp_path, annotations, images=None):
     return CocoDetection(images_dir=tmp_path / "images", ann_file=ann, transform=build_transforms(False, 50, 1000))
 
 
-def test_coco_ids_restarting_per_image_keep_every_box(tmp_path, log):
+def test_coco_ids_restarting_per_image_keep_every_box(tmp_path, log_messages):
     anns = [{"id": k % 3 + 1, "image_id": 1 + k // 6, "category_id": 1, "bbox": [k, 1, 5, 5]} for k in range(12)]
     dataset = _coco(tmp_path, anns)
     assert len(dataset.coco.anns) == 12 and [len(dataset.annotations(i)[0]) for i in range(2)] == [6, 6]
-    assert any("renumbered" in m for m in log)
+    assert any("renumbered" in m for m in log_messages)
 
 
 @pytest.mark.parametrize("images, text", [
@@ -169,7 +143,7 @@ def test_coco_bad_image_ids_are_errors_naming_the_file(tmp_path, images, text):
     assert "ann.json" in str(e.value)
 
 
-def test_coco_val_json_is_cleaned_before_cocoeval(tmp_path, log):
+def test_coco_val_json_is_cleaned_before_cocoeval(tmp_path, log_messages):
     from otadet.engine.validator import coco_evaluate
 
     anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20]},  # no area, no iscrowd
@@ -179,7 +153,7 @@ def test_coco_val_json_is_cleaned_before_cocoeval(tmp_path, log):
     det = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.9}]
     metrics = coco_evaluate(dataset.coco_gt(), det, image_ids=[1, 2], verbose=False)
     assert metrics["AP"] == pytest.approx(1.0)  # the one valid gt, found exactly
-    assert any("2 annotations skipped" in m and "99" in m for m in log)
+    assert any("2 annotations skipped" in m and "99" in m for m in log_messages)
 
 
 # ------------------------------------------------------------------ checkpoints and runs

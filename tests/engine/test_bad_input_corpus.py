@@ -5,12 +5,10 @@ tmp_path, every case names its expected outcome class, and the assertion is that
 - ("skip", text, counts): a warning containing `text`, and exactly `counts` kept (images, boxes);
 - ("ok", counts): read as is, with these counts.
 
-File-system cases run under SIGALRM, so a hang fails the test instead of blocking the suite.
+File-system cases run under `hang_guard` (SIGALRM, tests/conftest.py): a hang fails the test.
 """
 
 import json
-import logging
-import signal
 import struct
 import zlib
 from pathlib import Path
@@ -29,31 +27,8 @@ from otadet.datasets.loader import build_dataset
 from otadet.engine.sources import read_frames, resolve_sources
 from otadet.models.build import build_detector
 from otadet.utils.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
-from otadet.utils.log import LOGGER
 
 from tiny_run import TINY_RUN
-
-
-@pytest.fixture
-def hang_guard():
-    def hung(*_):
-        raise TimeoutError("hung for 60 s")
-
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
-
-
-@pytest.fixture
-def warnings_seen():
-    seen = []
-    handler = logging.Handler()
-    handler.emit = lambda record: seen.append(record.getMessage())
-    LOGGER.addHandler(handler)
-    yield seen
-    LOGGER.removeHandler(handler)
 
 
 def _image(path: Path, h: int = 60, w: int = 80) -> Path:
@@ -181,7 +156,7 @@ DATASETS = {
 
 
 @pytest.mark.parametrize("case", list(DATASETS))
-def test_dataset_corpus(case, tmp_path, hang_guard, warnings_seen):
+def test_dataset_corpus(case, tmp_path, hang_guard, log_messages):
     make, expected = DATASETS[case]
     data_yaml = make(tmp_path / "d")
     if expected[0] == "error":
@@ -193,7 +168,7 @@ def test_dataset_corpus(case, tmp_path, hang_guard, warnings_seen):
     boxes = sum(len(dataset.annotations(i)[0]) for i in range(len(dataset)))
     assert (len(dataset), boxes) == expected[-1]
     assert sum(len(dataset[i][1]["boxes"]) for i in range(len(dataset))) == boxes  # every image reads, with its boxes
-    warned = [m for m in warnings_seen if "WARNING" in m]
+    warned = [m for m in log_messages if "WARNING" in m]
     if expected[0] == "skip":
         assert any(expected[1] in m for m in warned), warned
     else:
@@ -305,14 +280,14 @@ SOURCES = {
 
 
 @pytest.mark.parametrize("case", list(SOURCES))
-def test_predict_source_corpus(case, tmp_path, hang_guard, warnings_seen):
+def test_predict_source_corpus(case, tmp_path, hang_guard, log_messages):
     make, text = SOURCES[case]
     make(tmp_path)
     bad = next(p for p in sorted(tmp_path.iterdir()) if p.stem == "bad")
     good = _image(tmp_path / "good.png")
     frames = list(read_frames(resolve_sources([str(bad), str(good)])))
     assert [f.source.path for f in frames] == [str(good)]  # the bad one skipped, the good one read
-    assert any(bad.name in m and text in m for m in warnings_seen), warnings_seen
+    assert any(bad.name in m and text in m for m in log_messages), log_messages
 
 
 # ------------------------------------------------------------------ the CLI
@@ -361,7 +336,7 @@ def test_cli_corpus(argv, text, checkpoint_file, tmp_path, monkeypatch, capsys, 
 
 
 # ------------------------------------------------------------------ train and val on bad data
-def test_training_skips_bad_images_and_lines_and_counts_them(tmp_path, hang_guard, warnings_seen, restore_determinism):
+def test_training_skips_bad_images_and_lines_and_counts_them(tmp_path, hang_guard, log_messages, restore_determinism):
     labels = {"a.txt": "0 0.5 0.5 0.4 0.4\n0 0.5 x 0.2 0.2", "b.txt": "1 0.3 0.3 0.2 0.2"}
     data = _yolo(tmp_path / "d", labels)
     for name in ("c.jpg", "d.jpg"):
@@ -371,12 +346,12 @@ def test_training_skips_bad_images_and_lines_and_counts_them(tmp_path, hang_guar
         data=str(data), project=str(tmp_path / "runs"), name="bad", **{**TINY_RUN, "iters": 2, "batch": 2}
     )
     assert "AP" in metrics  # finished and validated
-    assert any("c.jpg cannot be read as an image" in m for m in warnings_seen)
-    assert any("a.txt:2: not numbers" in m for m in warnings_seen)
+    assert any("c.jpg cannot be read as an image" in m for m in log_messages)
+    assert any("a.txt:2: not numbers" in m for m in log_messages)
 
 
-def test_val_with_other_class_names_warns(checkpoint_file, tmp_path, warnings_seen):
+def test_val_with_other_class_names_warns(checkpoint_file, tmp_path, log_messages):
     data = _yolo(tmp_path / "d", {"a.txt": "0 0.5 0.5 0.4 0.4"}, names=["cat", "dog"])
     Detector(str(checkpoint_file), verbose=False).val(data=str(data), imgsz=64, max_size=96, batch=2, workers=0, verbose=False,
                                                      project=str(tmp_path / "runs"))  # fmt: skip
-    assert any("class names differ" in m and "0: 'a' vs 'cat'" in m for m in warnings_seen), warnings_seen
+    assert any("class names differ" in m and "0: 'a' vs 'cat'" in m for m in log_messages), log_messages

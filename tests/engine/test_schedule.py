@@ -1,6 +1,5 @@
 """LR schedule values, linear scaling, schedule presets, AMP settings, EMA, and the resumable sampler."""
 
-import logging
 import math
 
 import pytest
@@ -13,18 +12,7 @@ from otadet.engine.sampling import SeededSamples, TrainSampler
 from otadet.engine.schedule import LRSchedule, plan_iterations, scaled_lr
 from otadet.engine.trainer import build_optimizer
 from otadet.utils.dist import dist_env
-from otadet.utils.log import LOGGER
 from otadet.utils.torch_utils import resolve_amp, select_device
-
-
-@pytest.fixture
-def log_messages():
-    messages = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())
-    LOGGER.addHandler(handler)
-    yield messages
-    LOGGER.removeHandler(handler)
 
 
 def test_coco_1x_lr_at_given_iterations():
