@@ -295,7 +295,7 @@ _RANGES: dict[str, str] = {
 
 # Run arguments that take one of a few words.
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "split": ("train", "val"), "optimizer": ("sgd", "adamw"), "format": ("onnx", "torchscript", "openvino"),
+    "split": ("train", "val"), "optimizer": ("sgd", "adamw"),  # format: checked by Detector.export, which names the formats
 }  # fmt: skip
 
 

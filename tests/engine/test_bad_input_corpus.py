@@ -314,7 +314,7 @@ CLI = [
     (["predict", "model={ck}", "source=img.jpg", "device=7"], "CUDA device 7 is not available"),
     (["predict", "model=garbage.pt", "source=img.jpg"], "garbage.pt is not an otadet checkpoint"),
     (["predict", "model=nope.yaml", "source=img.jpg"], "model YAML 'nope.yaml' not found"),
-    (["export", "model={ck}", "format=tflite"], "format='tflite' is not one of onnx, torchscript, openvino"),
+    (["export", "model={ck}", "format=tflite"], "format='tflite' is not supported"),
     (["export", "model={ck}", "imgsz=0"], "imgsz=0 is out of range"),
     (["export", "model={ck}", "half=true"], "needs a CUDA device"),
     (["export", "model=garbage.onnx"], "garbage.onnx is not an ONNX model"),
