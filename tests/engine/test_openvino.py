@@ -18,7 +18,7 @@ import yaml
 
 from otadet import __version__
 from otadet.cli import main as cli_main
-from otadet.datasets.shapes import SHAPES_CLASSES, generate_shapes
+from otadet.datasets.shapes import SHAPES_CLASSES
 from otadet.engine import openvino_ir
 from otadet.engine.exporter import read_metadata
 from otadet.engine.model import Detector
@@ -28,7 +28,7 @@ from otadet.utils.checkpoint import save_checkpoint
 from otadet.utils.torch_utils import cpu_bf16_supported
 
 from test_exporter import BAKED, _assert_same_detections, _inputs
-from tiny_run import perturbed_tiny
+from tiny_run import perturbed_detector, shapes_val_split
 
 ov = pytest.importorskip("openvino")
 
@@ -41,19 +41,12 @@ needs_bf16 = pytest.mark.skipif(not cpu_bf16_supported(), reason="this CPU has n
 @pytest.fixture(scope="module")
 def val_data(tmp_path_factory, write_data_yaml):
     """A 4-image split of the built-in shapes data: (data YAML, val image files)."""
-    tmp = tmp_path_factory.mktemp("openvino_shapes")
-    root = generate_shapes(tmp / "shapes", seed=5, num_train=1, num_val=4)
-    return write_data_yaml(tmp / "shapes.yaml", path=root, names=NAMES), sorted((root / "images" / "val").glob("*.jpg"))
+    return shapes_val_split(tmp_path_factory.mktemp("openvino_shapes"), write_data_yaml, 4)
 
 
 @pytest.fixture(scope="module")
-def detector() -> Detector:
-    det = Detector("ota_tiny.yaml", verbose=False)
-    det.names, det.net = NAMES, perturbed_tiny(len(NAMES))
-    with torch.no_grad():  # box sides mostly positive (~16 px): random ReLU'd distances are often 0
-        det.net.head.bbox_pred.weight.mul_(0.1)
-        det.net.head.bbox_pred.bias.add_(1.0)
-    return det
+def detector():
+    return perturbed_detector()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from otadet.datasets.loader import collate
-from otadet.datasets.shapes import SHAPES_CLASSES, generate_shapes
 from otadet.datasets.transforms import build_transforms
 from otadet.engine.model import Detector
 from otadet.engine.precision import forward, resolve_precision
@@ -24,28 +23,21 @@ from otadet.postprocess import dense_scores
 from otadet.utils.log import LOGGER
 from otadet.utils.torch_utils import cpu_bf16_supported, resolve_amp
 
-from tiny_run import TINY_RUN, perturbed_tiny
+from tiny_run import TINY_RUN, perturbed_detector, shapes_val_split
 
-NAMES = list(SHAPES_CLASSES)
 CPU = torch.device("cpu")
 needs_bf16 = pytest.mark.skipif(not cpu_bf16_supported(), reason="this CPU has no avx512_bf16/amx_bf16")
 
 
 @pytest.fixture(scope="module")
 def val_data(tmp_path_factory, write_data_yaml):
-    tmp = tmp_path_factory.mktemp("precision_shapes")
-    root = generate_shapes(tmp / "shapes", seed=5, num_train=1, num_val=4)
-    return write_data_yaml(tmp / "shapes.yaml", path=root, names=NAMES), sorted((root / "images" / "val").glob("*.jpg"))
+    """A 4-image split of the built-in shapes data: (data YAML, val image files)."""
+    return shapes_val_split(tmp_path_factory.mktemp("precision_shapes"), write_data_yaml, 4)
 
 
 @pytest.fixture(scope="module")
-def detector() -> Detector:
-    det = Detector("ota_tiny.yaml", verbose=False)
-    det.names, det.net = NAMES, perturbed_tiny(len(NAMES))
-    with torch.no_grad():  # box sides mostly positive (~16 px): random ReLU'd distances are often 0
-        det.net.head.bbox_pred.weight.mul_(0.1)
-        det.net.head.bbox_pred.bias.add_(1.0)
-    return det
+def detector():
+    return perturbed_detector()
 
 
 def _images(files, imgsz=256, max_size=352) -> torch.Tensor:
