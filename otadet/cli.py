@@ -105,7 +105,8 @@ def run(argv: list[str]) -> int:
     if mode == "train" and model is None and isinstance(overrides.get("resume"), str):
         from .engine.resume import resume_checkpoint
 
-        model = str(resume_checkpoint(overrides["resume"]))  # resume=runs/train/exp: that run's last.pt
+        model = str(resume_checkpoint(overrides["resume"]))  # resume=runs/train/exp: that run's last.pt, found here once
+        overrides["resume"] = True  # the Detector loaded from it continues it
     if mode == "train" and model is None:
         model = "ota_tiny.yaml"
         print("otadet train: no model= given, using ota_tiny.yaml", file=sys.stderr)

@@ -32,16 +32,44 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..datasets.loader import SIZE_DIVISIBLE, padded_side
 from ..models.dcn import check_onnx_opset
 from ..postprocess import dense_scores, padded_nms
 from ..utils.log import LOGGER, colorstr
 
-__all__ = ["FORMATS", "NMSSettings", "InferenceGraph", "export_onnx", "export_torchscript", "read_metadata", "read_onnx_metadata"]
+__all__ = [
+    "FORMATS", "NMSSettings", "InferenceGraph", "export_onnx", "export_torchscript", "read_metadata", "read_onnx_metadata",
+    "check_export_args", "check_half_device",
+]  # fmt: skip
 
-STRIDE_MULTIPLE = 32  # inputs are zero-padded to a multiple of this (loader.collate)
 # format -> what follows the stem: best.pt exports best.onnx, best.torchscript, best_openvino_model/ (Ultralytics' names)
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript", "openvino": "_openvino_model"}
 TORCHSCRIPT_METADATA = "otadet.json"  # the extra file of a TorchScript archive holding the metadata
+OPENVINO_KEEPS_FP32 = (
+    "export format=openvino keeps float32 weights and chooses the precision at run time: export with half=False "
+    "and predict/val with half=True (bf16 on a CPU with bf16)"
+)
+
+
+def check_export_args(format: str, *, half: bool, int8: bool, nms: bool, simplify: bool) -> None:
+    """The export arguments that do not go together, checked before any work."""
+    if int8 and (format not in ("onnx", "openvino") or half or nms):
+        raise ValueError("export int8=True applies to format=onnx or openvino without half and nms (NMS runs after the int8 graph)")
+    if format not in FORMATS:
+        raise ValueError(f"export format={format!r} is not supported; use format=onnx, torchscript or openvino")
+    if simplify and format != "onnx":
+        raise ValueError("export simplify=True applies to format=onnx only")
+    if half and format == "openvino":
+        raise ValueError(OPENVINO_KEEPS_FP32)
+
+
+def check_half_device(device: torch.device) -> None:
+    """An FP16 export traces a float16 model, which needs CUDA."""
+    if device.type != "cuda":
+        raise ValueError(
+            "export half=True needs a CUDA device (FP16 convolutions are not implemented on the CPU): "
+            "pass device=0, or export in FP32 with half=False"
+        )
 
 
 class NMSSettings(NamedTuple):
@@ -88,16 +116,12 @@ def _prepare(model: nn.Module, file: Path, suffix: str, imgsz: int, metadata: di
     num_classes = getattr(model, "num_classes", None)
     if names is None or (num_classes is not None and len(names) != num_classes):
         raise ValueError(f"export: metadata['names'] must list the model's {num_classes} class names, got {names!r}")
-    device = next(model.parameters()).device
-    if half and device.type != "cuda":
-        raise ValueError(
-            "export half=True needs a CUDA device (FP16 convolutions are not implemented on the CPU): "
-            "pass device=0, or export in FP32 with half=False"
-        )
+    if half:
+        check_half_device(next(model.parameters()).device)
     derived = {
         "strides": list(getattr(model, "strides", ())),
         "imgsz": int(imgsz),
-        "stride_multiple": STRIDE_MULTIPLE,
+        "stride_multiple": SIZE_DIVISIBLE,
         "otadet_version": __version__,
         "date": datetime.now().isoformat(timespec="seconds"),
         **extra,
@@ -114,7 +138,7 @@ def _prepare(model: nn.Module, file: Path, suffix: str, imgsz: int, metadata: di
 def _example(model: nn.Module, imgsz: int, dynamic: bool, half: bool) -> Tensor:
     """The input traced: batch 2 and >= 2 cells on P7 when dynamic (torch.export would make any
     size-1 axis the constant 1), else (1, 3, S, S) with S = imgsz rounded up to a multiple of 32."""
-    size = -(-int(imgsz) // STRIDE_MULTIPLE) * STRIDE_MULTIPLE
+    size = padded_side(int(imgsz))
     if dynamic:
         size = max(size, 2 * max(getattr(model, "strides", (128,))))
     device = next(model.parameters()).device

@@ -34,7 +34,6 @@ from .tta import tta_detect
 
 __all__ = ["IMAGE_EXTENSIONS", "Source", "resolve_sources", "iter_predict", "predict"]
 
-SIZE_DIVISIBLE = 32  # pad inputs as the validation loader does (build_dataloader's default)
 
 
 def _chunks(items: Iterator, size: int) -> Iterator[list]:
@@ -195,7 +194,7 @@ def iter_predict(
                     target = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64), "image_id": k,
                               "orig_size": item.image.shape[:2], "scale": scale, "path": item.source.path}  # fmt: skip
                     samples.append((tensor, target))
-                inputs = collate(samples, size_divisible=SIZE_DIVISIBLE)
+                inputs = collate(samples)
                 resized = [tuple(tensor.shape[1:]) for tensor, _ in samples]  # unpadded (h, w) of each input
                 images = inputs.images.to(device, input_dtype)
                 t1 = _sync(device)
