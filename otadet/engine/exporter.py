@@ -197,14 +197,7 @@ def export_onnx(
 
     file = Path(file)
     check_onnx_opset(model, opset)  # DCN (torchvision::deform_conv2d) needs opset >= 19
-    if simplify:
-        try:
-            import onnxsim
-        except ImportError:
-            raise ValueError(
-                "export simplify=True needs onnxsim, which is not installed: `pip install onnxsim`, or leave "
-                "simplify=False (the exporter already folds constants and removes dead nodes)"
-            ) from None
+    onnxsim = _onnxsim() if simplify else None
     extra = {
         "export_args": _export_args(file, imgsz, dynamic, nms, half, opset=opset, simplify=simplify),
         "nms": nms._asdict() if nms else None,
@@ -218,23 +211,37 @@ def export_onnx(
     start = time.perf_counter()
     try:
         program = torch.onnx.export(
-            graph,
-            (example,),
-            dynamo=True,
-            opset_version=opset,
-            input_names=["images"],
-            output_names=["output0"],
-            dynamic_shapes=dynamic_shapes,
-            external_data=False,
-            verbose=False,
-        )
+            graph, (example,), dynamo=True, opset_version=opset, input_names=["images"], output_names=["output0"],
+            dynamic_shapes=dynamic_shapes, external_data=False, verbose=False,
+        )  # fmt: skip
     finally:
         model.train(was_training)
     if dynamic and nms is None:
         # The anchor count is a long expression of height and width; give it a name.
         program.rename_axes({program.model.graph.outputs[0].shape[1]: "anchors"})
-    proto = program.model_proto
-    if simplify:
+    proto = _write_onnx(program.model_proto, file, metadata, opset, onnxsim)
+    elapsed = time.perf_counter() - start
+    if log:
+        _log_done("ONNX:", file, _shape(proto.graph.input[0]), _shape(proto.graph.output[0]), nms, len(metadata["names"]), elapsed)
+    return file
+
+
+def _onnxsim():
+    try:
+        import onnxsim
+    except ImportError:
+        raise ValueError(
+            "export simplify=True needs onnxsim, which is not installed: `pip install onnxsim`, or leave "
+            "simplify=False (the exporter already folds constants and removes dead nodes)"
+        ) from None
+    return onnxsim
+
+
+def _write_onnx(proto, file: Path, metadata: dict, opset: int, onnxsim=None):
+    """Simplify (with onnxsim, if given), store the metadata, save, check; returns the proto written."""
+    import onnx
+
+    if onnxsim is not None:
         proto, ok = onnxsim.simplify(proto)
         if not ok:
             raise RuntimeError("export: onnxsim could not validate the simplified model; export with simplify=False")
@@ -242,13 +249,10 @@ def export_onnx(
     file.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(file))
     onnx.checker.check_model(str(file))
-    elapsed = time.perf_counter() - start
     written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if written != opset:
         LOGGER.warning(f"WARNING: ONNX: opset {opset} was asked for but the file has opset {written} (conversion not possible)")
-    if log:
-        _log_done("ONNX:", file, _shape(proto.graph.input[0]), _shape(proto.graph.output[0]), nms, len(metadata["names"]), elapsed)
-    return file
+    return proto
 
 
 def export_torchscript(
