@@ -15,7 +15,7 @@ import sys
 import torch
 
 from otadet import Detector
-from otadet.engine import tta, validator
+from otadet.engine import inference, tta
 
 
 def main() -> None:
@@ -40,15 +40,15 @@ def main() -> None:
         "9 scales x flip, ATSS size ranges (default)": tta.tta_passes(),
     }
     rows = []
-    original = validator.tta_detect
+    original = inference.tta_detect  # what val (and predict) call for augment=True
     try:
         for label, passes in variants.items():
-            validator.tta_detect = functools.partial(original, passes=passes)
+            inference.tta_detect = functools.partial(original, passes=passes)
             m = detector.val(data=args.data, augment=passes is not None, device=device, batch=args.batch,
                              workers=args.workers, verbose=False, exist_ok=True, name="tta_bench")  # fmt: skip
             rows.append((label, m))
     finally:
-        validator.tta_detect = original
+        inference.tta_detect = original
     print(f"`python {' '.join(sys.argv)}` on {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}")
     print("| TTA | AP | AP50 | AP75 | APs | APm | APl | ms / image (inference + postprocess) |")
     print("|---|---|---|---|---|---|---|---|")

@@ -102,19 +102,8 @@ def run(argv: list[str]) -> int:
 
     overrides = parse_overrides(rest)
     model = overrides.pop("model", None)
-    if mode == "train" and model is None and isinstance(overrides.get("resume"), str):
-        from .engine.resume import resume_checkpoint
-
-        model = str(resume_checkpoint(overrides["resume"]))  # resume=runs/train/exp: that run's last.pt
-    if mode == "train" and model is None:
-        model = "ota_tiny.yaml"
-        print("otadet train: no model= given, using ota_tiny.yaml", file=sys.stderr)
-    if mode == "assign" and model is None:  # the newest trained weights, else an untrained ota_tiny (said on the picture)
-        from .utils.paths import newest_weights
-
-        model = newest_weights() or "ota_tiny.yaml"
-        if model == "ota_tiny.yaml":
-            print("otadet assign: no model= and no trained runs/train/*/weights/best.pt: costs from an untrained ota_tiny.yaml", file=sys.stderr)
+    if model is None:
+        model = _default_model(mode, overrides)
     if mode in ("predict", "assign"):
         overrides.setdefault("save", True)  # the CLI writes annotated images by default
     detector = Detector(model, verbose=mode == "train")
@@ -132,6 +121,29 @@ def run(argv: list[str]) -> int:
         path = detector.export(**overrides)
         print(path)
     return 0
+
+
+def _default_model(mode: str, overrides: dict):
+    """The model when none is given: train resume=<run> that run's last.pt (resume=True then continues
+    it), train ota_tiny.yaml, assign the newest trained weights or an untrained ota_tiny (said on the
+    picture); val/predict/export None, the Detector's newest runs/train/*/weights/best.pt."""
+    if mode == "train" and isinstance(overrides.get("resume"), str):
+        from .engine.resume import resume_checkpoint
+
+        model = str(resume_checkpoint(overrides["resume"]))  # resume=runs/train/exp: that run's last.pt, found here once
+        overrides["resume"] = True  # the Detector loaded from it continues it
+        return model
+    if mode == "train":
+        print("otadet train: no model= given, using ota_tiny.yaml", file=sys.stderr)
+        return "ota_tiny.yaml"
+    if mode == "assign":
+        from .utils.paths import newest_weights
+
+        model = newest_weights() or "ota_tiny.yaml"
+        if model == "ota_tiny.yaml":
+            print("otadet assign: no model= and no trained runs/train/*/weights/best.pt: costs from an untrained ota_tiny.yaml", file=sys.stderr)
+        return model
+    return None
 
 
 def _convert(overrides: dict) -> int:

@@ -28,6 +28,8 @@ from .utils.paths import asset_dir, find_asset
 __all__ = [
     "Args",
     "DEFAULT_CONF",
+    "mode_conf",
+    "eval_size",
     "SCHEDULES",
     "BackboneConfig",
     "FPNConfig",
@@ -336,6 +338,18 @@ SCHEDULES: dict[str, dict] = {
 
 # `conf: null` in cfg/default.yaml means this per-mode score threshold.
 DEFAULT_CONF = {"val": 0.001, "predict": 0.4}  # predict: sqrt(cls*iou) >= 0.4, i.e. cls*iou >= 0.16
+
+
+def mode_conf(conf: float | None, mode: str) -> float:
+    """The score threshold of a run: `conf`, or where null the default of `mode` (DEFAULT_CONF:
+    'val' for validation, the trainer's included; 'predict' for predict and an exported NMS)."""
+    return DEFAULT_CONF[mode] if conf is None else conf
+
+
+def eval_size(imgsz: int | list[int] | tuple[int, ...]) -> int:
+    """The one shorter side of evaluation, prediction and export: `imgsz`, or the largest of a
+    multi-scale training list."""
+    return imgsz if isinstance(imgsz, int) else max(imgsz)
 
 
 def default_args() -> dict:

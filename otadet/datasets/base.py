@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from ..utils.log import LOGGER
 from .image_io import Header, apply_orientation, image_problem, load_image, max_pixels, read_header, read_image
 
-__all__ = ["DetectionDataset", "read_image", "image_sizes", "IMAGE_SUFFIXES"]
+__all__ = ["DetectionDataset", "read_image", "image_sizes", "IMAGE_SUFFIXES", "check_annotated_folder", "xywh_to_xyxy"]
 
 Transform = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, np.ndarray, float]]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -68,6 +68,20 @@ def image_sizes(paths: Sequence[Path], cache_file: Path, problems: dict | None =
         except OSError as e:
             LOGGER.warning(f"WARNING: could not cache image sizes in {cache_file} ({e}); they are read again next time")
     return out
+
+
+def check_annotated_folder(images_dir: Path, ann_file: Path) -> None:
+    """An annotation file and its image folder, each checked to exist (FileNotFoundError naming it)."""
+    if not ann_file.is_file():
+        raise FileNotFoundError(f"{ann_file}: annotation file not found")
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"{images_dir}: image folder not found (annotations {ann_file})")
+
+
+def xywh_to_xyxy(xywh) -> np.ndarray:
+    """Boxes as top-left x, y, width, height (a list of 4-lists or an (N, 4) array) -> (N, 4) float64 xyxy."""
+    a = np.asarray(xywh, np.float64).reshape(-1, 4)
+    return np.concatenate([a[:, :2], a[:, :2] + a[:, 2:]], 1)
 
 
 def _pack(image_index: np.ndarray, num_images: int):

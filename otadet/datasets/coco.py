@@ -15,7 +15,7 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from ..utils.log import LOGGER
-from .base import DetectionDataset, Transform, read_image
+from .base import DetectionDataset, Transform, check_annotated_folder, read_image, xywh_to_xyxy
 from .coco_json import read_coco_json
 
 __all__ = ["CocoDetection", "read_image"]
@@ -42,10 +42,7 @@ class CocoDetection(DetectionDataset):
         names: Sequence[str] | None = None,
     ):
         images_dir, self.ann_file = Path(images_dir), Path(ann_file)
-        if not self.ann_file.is_file():
-            raise FileNotFoundError(f"{self.ann_file}: annotation file not found")
-        if not images_dir.is_dir():
-            raise FileNotFoundError(f"{images_dir}: image folder not found (annotations {self.ann_file})")
+        check_annotated_folder(images_dir, self.ann_file)
         self.coco = COCO()  # indexed from the checked, cleaned records (coco_json): training and COCOeval share them
         self.coco.dataset, notes = read_coco_json(self.ann_file)
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
@@ -58,7 +55,20 @@ class CocoDetection(DetectionDataset):
                 f"{self.ann_file}: {len(self.cat_ids)} categories ({', '.join(file_names)}) but {len(names)} names "
                 f"were given — make the data YAML's 'names:' match, or remove it"
             )
+        files, sizes, ids = self._present_images(images_dir)
+        boxes, crowd = self._boxes(ids)  # iscrowd 0 and 1: (image index, xywh, label) each
+        self.num_crowd = len(crowd[0])
+        super().__init__(
+            source=str(self.ann_file), images_dir=images_dir, files=files, sizes=np.array(sizes).reshape(-1, 2),
+            image_ids=ids, names=list(names) if names is not None else file_names, transform=transform,
+            box_image=np.array(boxes[0], np.int64), boxes=xywh_to_xyxy(boxes[1]), labels=np.array(boxes[2], np.int64),
+            ignore_image=np.array(crowd[0], np.int64), ignore_boxes=xywh_to_xyxy(crowd[1]),
+            notes=notes + ([f"{self.num_crowd} crowd boxes kept as ignore regions"] if self.num_crowd else []),
+        )  # fmt: skip
 
+    def _present_images(self, images_dir: Path) -> tuple[list[str], list[tuple[int, int]], list[int]]:
+        """(file names, (h, w) sizes, image ids) of the listed images whose file exists, by image id;
+        one warning for the missing ones (their count in num_missing)."""
         files, sizes, ids, missing = [], [], [], []
         for image_id in sorted(self.coco.imgs):
             info = self.coco.imgs[image_id]
@@ -74,6 +84,10 @@ class CocoDetection(DetectionDataset):
                 f"{images_dir} (first: {', '.join(missing[:3])}) — skipped"
             )
         self.num_missing = len(missing)
+        return files, sizes, ids
+
+    def _boxes(self, ids: list[int]) -> tuple[tuple[list, list, list], tuple[list, list, list]]:
+        """The annotations of the images `ids`, as (image index, xywh, label) lists: boxes, then crowd regions."""
         index_of = {image_id: i for i, image_id in enumerate(ids)}
         label_of = {cat: label for label, cat in enumerate(self.cat_ids)}
         rows = {0: ([], [], []), 1: ([], [], [])}  # iscrowd -> (image index, xywh, label)
@@ -84,19 +98,7 @@ class CocoDetection(DetectionDataset):
             image_index.append(index_of[ann["image_id"]])
             xywh.append(ann["bbox"])
             labels.append(label_of[ann["category_id"]])
-        self.num_crowd = len(rows[1][0])
-
-        def xyxy(xywh):
-            a = np.array(xywh, np.float64).reshape(-1, 4)
-            return np.concatenate([a[:, :2], a[:, :2] + a[:, 2:]], 1)
-
-        super().__init__(
-            source=str(self.ann_file), images_dir=images_dir, files=files, sizes=np.array(sizes).reshape(-1, 2),
-            image_ids=ids, names=list(names) if names is not None else file_names, transform=transform,
-            box_image=np.array(rows[0][0], np.int64), boxes=xyxy(rows[0][1]), labels=np.array(rows[0][2], np.int64),
-            ignore_image=np.array(rows[1][0], np.int64), ignore_boxes=xyxy(rows[1][1]),
-            notes=notes + ([f"{self.num_crowd} crowd boxes kept as ignore regions"] if self.num_crowd else []),
-        )  # fmt: skip
+        return rows[0], rows[1]
 
     def coco_gt(self) -> COCO:
         """The annotation file's own pycocotools index."""

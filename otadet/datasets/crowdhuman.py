@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..utils.log import LOGGER
-from .base import DetectionDataset, Transform, image_sizes
+from .base import DetectionDataset, Transform, check_annotated_folder, image_sizes, xywh_to_xyxy
 
 __all__ = ["CrowdHumanDetection", "read_odgt", "BOX_KEYS"]
 
@@ -112,10 +112,7 @@ class CrowdHumanDetection(DetectionDataset):
             raise ValueError(
                 f"{self.ann_file}: CrowdHuman has one class (person) but {len(names)} names were given — use names: [person]"
             )
-        if not self.ann_file.is_file():
-            raise FileNotFoundError(f"{self.ann_file}: annotation file not found")
-        if not images_dir.is_dir():
-            raise FileNotFoundError(f"{images_dir}: image folder not found (annotations {self.ann_file})")
+        check_annotated_folder(images_dir, self.ann_file)
         self.box = box
         records = read_odgt(self.ann_file, box)
         paths = [images_dir / f"{r['ID']}.jpg" for r in records]
@@ -143,15 +140,12 @@ class CrowdHumanDetection(DetectionDataset):
         xywh, ignore_xywh = np.array(xywh, np.float64).reshape(-1, 4), np.array(ignore_xywh, np.float64).reshape(-1, 4)
         negative = int(((xywh[:, 2:] <= 0).any(1)).sum() + ((ignore_xywh[:, 2:] <= 0).any(1)).sum())
 
-        def xyxy(a):
-            return np.concatenate([a[:, :2], a[:, :2] + a[:, 2:]], 1)
-
         super().__init__(
             source=str(self.ann_file), images_dir=images_dir, files=[paths[k].name for k in kept],
             sizes=np.array([sizes[k] for k in kept]).reshape(-1, 2), image_ids=range(1, len(kept) + 1),
             names=list(names) if names is not None else ["person"], transform=transform,
-            box_image=np.array(box_image, np.int64), boxes=xyxy(xywh), labels=np.zeros(len(box_image), np.int64),
-            ignore_image=np.array(ignore_image, np.int64), ignore_boxes=xyxy(ignore_xywh),
+            box_image=np.array(box_image, np.int64), boxes=xywh_to_xyxy(xywh), labels=np.zeros(len(box_image), np.int64),
+            ignore_image=np.array(ignore_image, np.int64), ignore_boxes=xywh_to_xyxy(ignore_xywh),
             notes=[f"{negative} boxes of negative or zero size"] if negative else [],
         )  # fmt: skip
 

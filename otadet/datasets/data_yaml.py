@@ -188,6 +188,23 @@ def load_data(name_or_path: str | os.PathLike, *, require: tuple[Split, ...] = (
     except ConfigError as e:
         raise DataError(str(e)) from e
     data = _parse(raw, where)
+    annotation_keys = _check_format(data, where)
+    names = _check_names(data, where)
+    root = _resolve_root(data, yaml_file, where)
+    if data.builtin is not None:
+        _ensure_builtin(data, root, where)
+    paths = _split_paths(data, root, annotation_keys, where)
+    _check_present(data, paths, require, root, where)
+    return DataSpec(
+        yaml_file=yaml_file, format=data.format, root=root, train_images=paths["train"], val_images=paths["val"],
+        train_annotations=paths["train_annotations"], val_annotations=paths["val_annotations"],
+        names=names if names is not None else _names_from_annotations(data, paths, where), builtin=data.builtin,
+        box=(data.box or "fbox") if data.format == "crowdhuman" else None,
+    )  # fmt: skip
+
+
+def _check_format(data: DataYaml, where: str) -> dict[str, str | None]:
+    """The format and the keys that go with it; returns each split's annotation file key (None: yolo)."""
     if data.format not in FORMATS:
         raise DataError(f"{where}: format '{data.format}' is not supported — use one of {', '.join(FORMATS)}")
     if data.generate is not None and data.builtin is None:
@@ -206,11 +223,11 @@ def load_data(name_or_path: str | os.PathLike, *, require: tuple[Split, ...] = (
             f"{where}: format yolo reads labels/<split>/*.txt next to images/<split> — remove "
             "'train_annotations'/'val_annotations'"
         )
-    names = _check_names(data, where)
+    return annotation_keys
 
-    root = _resolve_root(data, yaml_file, where)
-    if data.builtin is not None:
-        _ensure_builtin(data, root, where)
+
+def _split_paths(data: DataYaml, root: Path, annotation_keys: dict, where: str) -> dict[str, Path]:
+    """'train', 'val' (image folders) and '<split>_annotations' (a file, or yolo's labels folder) under `root`."""
     paths = {"train": root / data.train, "val": root / data.val}
     for split in ("train", "val"):
         if data.format == "yolo":
@@ -220,6 +237,10 @@ def load_data(name_or_path: str | os.PathLike, *, require: tuple[Split, ...] = (
                 raise DataError(f"{where}: '{split}': {e}") from e
         else:
             paths[f"{split}_annotations"] = root / annotation_keys[split]
+    return paths
+
+
+def _check_present(data: DataYaml, paths: dict[str, Path], require: tuple[Split, ...], root: Path, where: str) -> None:
     for split in require:
         checks = [(split, Path.is_dir)]
         if data.format != "yolo":  # a YOLO split may have no labels at all (background images)
@@ -231,26 +252,15 @@ def load_data(name_or_path: str | os.PathLike, *, require: tuple[Split, ...] = (
                     f"or fix '{key}:'"
                 )
 
-    if names is None:
-        if data.format == "crowdhuman":
-            names = ["person"]
-        else:
-            found = [paths[key] for key in ("val_annotations", "train_annotations") if paths[key].is_file()]
-            if not found:
-                raise DataError(f"{where}: no 'names' and no annotation file to read the categories from — add 'names:'")
-            names = category_names(found[0])
-    return DataSpec(
-        yaml_file=yaml_file,
-        format=data.format,
-        root=root,
-        train_images=paths["train"],
-        val_images=paths["val"],
-        train_annotations=paths["train_annotations"],
-        val_annotations=paths["val_annotations"],
-        names=names,
-        builtin=data.builtin,
-        box=(data.box or "fbox") if data.format == "crowdhuman" else None,
-    )
+
+def _names_from_annotations(data: DataYaml, paths: dict[str, Path], where: str) -> list[str]:
+    """Class names where the YAML gives none: CrowdHuman's one, or the categories of a COCO json."""
+    if data.format == "crowdhuman":
+        return ["person"]
+    found = [paths[key] for key in ("val_annotations", "train_annotations") if paths[key].is_file()]
+    if not found:
+        raise DataError(f"{where}: no 'names' and no annotation file to read the categories from — add 'names:'")
+    return category_names(found[0])
 
 
 def _check_names(data: DataYaml, where: str) -> list[str] | None:

@@ -23,7 +23,16 @@ from .data_yaml import DataSpec
 from .transforms import build_transforms, seed_rng
 from .yolo import YoloDetection
 
-__all__ = ["Batch", "collate", "build_dataset", "build_dataloader"]
+__all__ = ["SIZE_DIVISIBLE", "padded_side", "Batch", "collate", "build_dataset", "build_dataloader"]
+
+# Every input is zero-padded bottom/right to a multiple of this (the stride of C5, detectron2's
+# size_divisibility): collate here, the predictor, the TTA passes and the exported graphs.
+SIZE_DIVISIBLE = 32
+
+
+def padded_side(side: int, multiple: int = SIZE_DIVISIBLE) -> int:
+    """`side` rounded up to a multiple of `multiple`."""
+    return -(-side // multiple) * multiple
 
 
 class Batch(NamedTuple):
@@ -47,14 +56,14 @@ class Batch(NamedTuple):
         )
 
 
-def collate(samples: Sequence[tuple[Tensor, dict]], size_divisible: int = 32) -> Batch:
+def collate(samples: Sequence[tuple[Tensor, dict]], size_divisible: int = SIZE_DIVISIBLE) -> Batch:
     """Stack `DetectionDataset` samples into a `Batch`, padding images up to a multiple of size_divisible."""
     images = [image for image, _ in samples]
     targets = [target for _, target in samples]
     b = len(samples)
     h = max(image.shape[1] for image in images)
     w = max(image.shape[2] for image in images)
-    h, w = -(-h // size_divisible) * size_divisible, -(-w // size_divisible) * size_divisible
+    h, w = padded_side(h, size_divisible), padded_side(w, size_divisible)
     padded = images[0].new_zeros((b, 3, h, w))  # (B, 3, H, W)
     for k, image in enumerate(images):
         padded[k, :, : image.shape[1], : image.shape[2]] = image
@@ -143,7 +152,7 @@ def build_dataloader(
     workers: int,
     shuffle: bool,
     seed: int = 0,
-    size_divisible: int = 32,
+    size_divisible: int = SIZE_DIVISIBLE,
     sampler: Sampler | None = None,
     augment: bool | None = None,
     drop_last: bool = False,

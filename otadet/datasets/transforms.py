@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 import torch
 
+from ..config import eval_size
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -120,5 +122,4 @@ def build_transforms(train: bool, imgsz: int | Sequence[int], max_size: int) -> 
     """
     if train:
         return Compose(steps=[Resize(shorter=imgsz, max_size=max_size), RandomHorizontalFlip(p=0.5)])
-    size = max(imgsz) if isinstance(imgsz, (list, tuple)) else imgsz
-    return Compose(steps=[Resize(shorter=size, max_size=max_size)])
+    return Compose(steps=[Resize(shorter=eval_size(imgsz), max_size=max_size)])

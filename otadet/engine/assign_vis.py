@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..assign import ASSIGNERS, mark_ignored, positives_per_gt
 from ..assign.ota_plan import ota_plan
-from ..config import Args, ModelConfig, with_assigner
+from ..config import Args, ModelConfig, eval_size, with_assigner
 from ..datasets.loader import collate
 from ..datasets.transforms import Resize, to_tensor_normalized
 from ..models.build import build_detector
@@ -144,7 +144,6 @@ def _ambiguous(name: str, inputs: tuple, knobs: dict, stats: dict, G: int) -> Te
     return ambiguous
 
 
-
 def visualise_assignment(net: nn.Module, cfg: ModelConfig, names: list[str], args: Args, *, weights: str, trained: bool) -> list[Assignment]:
     """`otadet assign`: load the labelled image (args.source, labels, data, split), assign it with
     args.assigner ('all' = the four; None = the model's), print per gt its k and positives, and
@@ -166,7 +165,7 @@ def visualise_assignment(net: nn.Module, cfg: ModelConfig, names: list[str], arg
             net = build_detector(cfg, max(len(names), most), pretrained=False)
         model = f"UNTRAINED {cfg.name} (random weights, seed {args.seed})"
     device = select_device(args.device)
-    imgsz = args.imgsz if isinstance(args.imgsz, int) else max(args.imgsz)
+    imgsz = eval_size(args.imgsz)
     found = assign_image(
         net.to(device), cfg, item, assigners=assigners, imgsz=imgsz, max_size=args.max_size, device=device,
         names=names, model=model, trained=trained,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..datasets.loader import SIZE_DIVISIBLE, padded_side
 from ..models.detector import DenseOutputs
 from ..utils.log import LOGGER
 from .exporter import FORMATS, NMSSettings, load_torchscript, read_metadata
@@ -74,7 +75,7 @@ def checked_metadata(file: Path, metadata: dict) -> dict:
         "names": list(names),
         "strides": tuple(strides),
         "imgsz": _typed(file, metadata, "imgsz", (int,), 640, positive, "a positive integer"),
-        "stride_multiple": _typed(file, metadata, "stride_multiple", (int,), 32, positive, "a positive integer"),
+        "stride_multiple": _typed(file, metadata, "stride_multiple", (int,), SIZE_DIVISIBLE, positive, "a positive integer"),
         "dynamic": _typed(file, args, "dynamic", (bool,), True),
         "half": _typed(file, args, "half", (bool,), False),
         "nms": nms,
@@ -106,7 +107,7 @@ class ExportedModel(nn.Module):
         self.dynamic = meta["dynamic"]
         self.half = meta["half"]
         self.nms = meta["nms"]
-        self.static_size = -(-self.imgsz // meta["stride_multiple"]) * meta["stride_multiple"]  # the fixed input side when not dynamic
+        self.static_size = padded_side(self.imgsz, meta["stride_multiple"])  # the fixed input side when not dynamic
         self._start()
         self._check_output_width()
 

@@ -32,16 +32,44 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..datasets.loader import SIZE_DIVISIBLE, padded_side
 from ..models.dcn import check_onnx_opset
 from ..postprocess import dense_scores, padded_nms
 from ..utils.log import LOGGER, colorstr
 
-__all__ = ["FORMATS", "NMSSettings", "InferenceGraph", "export_onnx", "export_torchscript", "read_metadata", "read_onnx_metadata"]
+__all__ = [
+    "FORMATS", "NMSSettings", "InferenceGraph", "export_onnx", "export_torchscript", "read_metadata", "read_onnx_metadata",
+    "check_export_args", "check_half_device",
+]  # fmt: skip
 
-STRIDE_MULTIPLE = 32  # inputs are zero-padded to a multiple of this (loader.collate)
 # format -> what follows the stem: best.pt exports best.onnx, best.torchscript, best_openvino_model/ (Ultralytics' names)
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript", "openvino": "_openvino_model"}
 TORCHSCRIPT_METADATA = "otadet.json"  # the extra file of a TorchScript archive holding the metadata
+OPENVINO_KEEPS_FP32 = (
+    "export format=openvino keeps float32 weights and chooses the precision at run time: export with half=False "
+    "and predict/val with half=True (bf16 on a CPU with bf16)"
+)
+
+
+def check_export_args(format: str, *, half: bool, int8: bool, nms: bool, simplify: bool) -> None:
+    """The export arguments that do not go together, checked before any work."""
+    if int8 and (format not in ("onnx", "openvino") or half or nms):
+        raise ValueError("export int8=True applies to format=onnx or openvino without half and nms (NMS runs after the int8 graph)")
+    if format not in FORMATS:
+        raise ValueError(f"export format={format!r} is not supported; use format=onnx, torchscript or openvino")
+    if simplify and format != "onnx":
+        raise ValueError("export simplify=True applies to format=onnx only")
+    if half and format == "openvino":
+        raise ValueError(OPENVINO_KEEPS_FP32)
+
+
+def check_half_device(device: torch.device) -> None:
+    """An FP16 export traces a float16 model, which needs CUDA."""
+    if device.type != "cuda":
+        raise ValueError(
+            "export half=True needs a CUDA device (FP16 convolutions are not implemented on the CPU): "
+            "pass device=0, or export in FP32 with half=False"
+        )
 
 
 class NMSSettings(NamedTuple):
@@ -88,16 +116,12 @@ def _prepare(model: nn.Module, file: Path, suffix: str, imgsz: int, metadata: di
     num_classes = getattr(model, "num_classes", None)
     if names is None or (num_classes is not None and len(names) != num_classes):
         raise ValueError(f"export: metadata['names'] must list the model's {num_classes} class names, got {names!r}")
-    device = next(model.parameters()).device
-    if half and device.type != "cuda":
-        raise ValueError(
-            "export half=True needs a CUDA device (FP16 convolutions are not implemented on the CPU): "
-            "pass device=0, or export in FP32 with half=False"
-        )
+    if half:
+        check_half_device(next(model.parameters()).device)
     derived = {
         "strides": list(getattr(model, "strides", ())),
         "imgsz": int(imgsz),
-        "stride_multiple": STRIDE_MULTIPLE,
+        "stride_multiple": SIZE_DIVISIBLE,
         "otadet_version": __version__,
         "date": datetime.now().isoformat(timespec="seconds"),
         **extra,
@@ -114,7 +138,7 @@ def _prepare(model: nn.Module, file: Path, suffix: str, imgsz: int, metadata: di
 def _example(model: nn.Module, imgsz: int, dynamic: bool, half: bool) -> Tensor:
     """The input traced: batch 2 and >= 2 cells on P7 when dynamic (torch.export would make any
     size-1 axis the constant 1), else (1, 3, S, S) with S = imgsz rounded up to a multiple of 32."""
-    size = -(-int(imgsz) // STRIDE_MULTIPLE) * STRIDE_MULTIPLE
+    size = padded_side(int(imgsz))
     if dynamic:
         size = max(size, 2 * max(getattr(model, "strides", (128,))))
     device = next(model.parameters()).device
@@ -173,14 +197,7 @@ def export_onnx(
 
     file = Path(file)
     check_onnx_opset(model, opset)  # DCN (torchvision::deform_conv2d) needs opset >= 19
-    if simplify:
-        try:
-            import onnxsim
-        except ImportError:
-            raise ValueError(
-                "export simplify=True needs onnxsim, which is not installed: `pip install onnxsim`, or leave "
-                "simplify=False (the exporter already folds constants and removes dead nodes)"
-            ) from None
+    onnxsim = _onnxsim() if simplify else None
     extra = {
         "export_args": _export_args(file, imgsz, dynamic, nms, half, opset=opset, simplify=simplify),
         "nms": nms._asdict() if nms else None,
@@ -194,23 +211,37 @@ def export_onnx(
     start = time.perf_counter()
     try:
         program = torch.onnx.export(
-            graph,
-            (example,),
-            dynamo=True,
-            opset_version=opset,
-            input_names=["images"],
-            output_names=["output0"],
-            dynamic_shapes=dynamic_shapes,
-            external_data=False,
-            verbose=False,
-        )
+            graph, (example,), dynamo=True, opset_version=opset, input_names=["images"], output_names=["output0"],
+            dynamic_shapes=dynamic_shapes, external_data=False, verbose=False,
+        )  # fmt: skip
     finally:
         model.train(was_training)
     if dynamic and nms is None:
         # The anchor count is a long expression of height and width; give it a name.
         program.rename_axes({program.model.graph.outputs[0].shape[1]: "anchors"})
-    proto = program.model_proto
-    if simplify:
+    proto = _write_onnx(program.model_proto, file, metadata, opset, onnxsim)
+    elapsed = time.perf_counter() - start
+    if log:
+        _log_done("ONNX:", file, _shape(proto.graph.input[0]), _shape(proto.graph.output[0]), nms, len(metadata["names"]), elapsed)
+    return file
+
+
+def _onnxsim():
+    try:
+        import onnxsim
+    except ImportError:
+        raise ValueError(
+            "export simplify=True needs onnxsim, which is not installed: `pip install onnxsim`, or leave "
+            "simplify=False (the exporter already folds constants and removes dead nodes)"
+        ) from None
+    return onnxsim
+
+
+def _write_onnx(proto, file: Path, metadata: dict, opset: int, onnxsim=None):
+    """Simplify (with onnxsim, if given), store the metadata, save, check; returns the proto written."""
+    import onnx
+
+    if onnxsim is not None:
         proto, ok = onnxsim.simplify(proto)
         if not ok:
             raise RuntimeError("export: onnxsim could not validate the simplified model; export with simplify=False")
@@ -218,13 +249,10 @@ def export_onnx(
     file.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(file))
     onnx.checker.check_model(str(file))
-    elapsed = time.perf_counter() - start
     written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if written != opset:
         LOGGER.warning(f"WARNING: ONNX: opset {opset} was asked for but the file has opset {written} (conversion not possible)")
-    if log:
-        _log_done("ONNX:", file, _shape(proto.graph.input[0]), _shape(proto.graph.output[0]), nms, len(metadata["names"]), elapsed)
-    return file
+    return proto
 
 
 def export_torchscript(

@@ -1,35 +1,31 @@
 """Detector: the user-facing object. Detector('ota_r50.yaml').train(...), .val(), .predict(), .export().
 
-It holds a network, its ModelConfig and class names, and resolves run arguments with the
-precedence {**cfg/default.yaml, **model YAML 'train:', **checkpoint's train args, **kwargs}.
-An exported file (.onnx, .torchscript, an OpenVINO _openvino_model/ folder) loads as an
-`ExportedModel` that predicts and validates through the same code; its names, imgsz and
-max_size come from its metadata.
+It holds a network, its ModelConfig and class names. Each mode first resolves its call once
+(engine/resolve.py: run arguments with the precedence {**cfg/default.yaml, **model YAML 'train:',
+**checkpoint's inherited args, **resumed run's args, **kwargs}, model config, names, data,
+conf, image size, resumed checkpoint) and hands that Run on. An exported file (.onnx,
+.torchscript, an OpenVINO _openvino_model/ folder) loads as an `ExportedModel` that predicts
+and validates through the same code; its names, imgsz and max_size come from its metadata.
 """
 
 import json
-from datetime import datetime
 from pathlib import Path
 
 import torch
 
-from .. import __version__
+from ..config import eval_size, load_model_config
 from ..convert import convert, is_conversion_source
-from ..config import DEFAULT_CONF, Args, load_model_config, make_args
-from ..datasets.data_yaml import load_data
 from ..datasets.loader import build_dataloader
 from ..models.build import build_detector
 from ..utils.checkpoint import load_checkpoint
-from .backend import ExportedModel, is_exported, load_exported
-from .transfer import detector_from_checkpoint
 from ..utils.log import LOGGER
 from ..utils.paths import increment_path, newest_weights
 from ..utils.torch_utils import model_summary, select_device
+from .backend import ExportedModel, is_exported, load_exported
+from .resolve import Run, inherited_args, resolve, run_args
+from .transfer import detector_from_checkpoint
 
 __all__ = ["Detector"]
-
-# Run arguments a trained checkpoint passes on to val/predict/export unless overridden.
-_INHERITED = ("data", "imgsz", "max_size")
 
 
 class Detector:
@@ -64,7 +60,7 @@ class Detector:
             state = load_checkpoint(model)
         if state is not None:
             self.cfg, self.names, self.net = detector_from_checkpoint(state, str(model))
-            self.train_args = {k: v for k, v in state.get("train_args", {}).items() if k in _INHERITED}
+            self.train_args = inherited_args(state.get("train_args", {}))
             self.trained = True
         elif is_exported(model):
             self.net = load_exported(model)
@@ -81,18 +77,9 @@ class Detector:
             self.names = [f"class{i}" for i in range(self.cfg.num_classes)]
             self.net = build_detector(self.cfg)
         if verbose:
-            model_summary(self.net, _square(self._args({}).imgsz), self.cfg.name)
+            model_summary(self.net, eval_size(run_args(self, {}).imgsz), self.cfg.name)
 
     # ------------------------------------------------------------------ helpers
-    def _args(self, overrides: dict, mode: str = "") -> Args:
-        """Precedence: cfg/default.yaml < model YAML train: < checkpoint's train args < overrides."""
-        from ..datasets.image_io import set_max_pixels
-
-        model_defaults = {**(self.cfg.train if self.cfg is not None else {}), **self.train_args}
-        args = make_args(overrides, model_defaults=model_defaults, where=f"{mode} arguments")
-        set_max_pixels(args.max_pixels)  # read by every image read of this process and its forked workers
-        return args
-
     def _pytorch_only(self, mode: str) -> None:
         if isinstance(self.net, ExportedModel):
             raise ValueError(
@@ -100,8 +87,8 @@ class Detector:
                 f"val only): use the .pt checkpoint it came from, e.g. Detector('best.pt').{mode}(...)"
             )
 
-    def _device(self, args: Args) -> torch.device:
-        device = select_device(args.device)
+    def _device(self, run: Run) -> torch.device:
+        device = select_device(run.args.device)
         if isinstance(self.net, ExportedModel):
             self.net.to(device)
         else:  # channels_last: ~1.3x faster convolutions on the CPU (oneDNN) and on tensor cores
@@ -113,54 +100,40 @@ class Detector:
 
     # ------------------------------------------------------------------ modes
     def train(self, **kwargs) -> dict:
-        """Train on `data`; afterwards this Detector holds the best weights. Returns the final metrics."""
-        from .resume import resume_overrides
+        """Train on `data`; afterwards this Detector holds the best weights. Returns the final metrics.
+
+        A trained detector fine-tunes its weights (engine/transfer.py); resume= continues a run."""
         from .trainer import run_training
 
         self._pytorch_only("train")
-        if kwargs.get("resume"):  # continue a run: its checkpoint's train args, then the ones given here
-            kwargs = resume_overrides(kwargs, self.source)
-        args = self._args(kwargs, "train")
-        init = self._fine_tune_state(args) if self.trained and not args.resume else None
-        result = run_training(self.cfg, args, init_state=init)
-        self.cfg, self.names, self.net = detector_from_checkpoint(load_checkpoint(result["best"]), str(result["best"]))
-        self.train_args = {k: v for k, v in args.to_dict().items() if k in _INHERITED}
-        self.source = str(result["best"])
+        run = resolve(self, "train", kwargs)
+        result = run_training(run)
+        best = result["best"]
+        self.cfg, self.names, self.net = detector_from_checkpoint(load_checkpoint(best), str(best))
+        self.train_args = inherited_args(run.args.to_dict())
+        self.source = str(best)
         self.trained = True
         return result["metrics"]
-
-    def _fine_tune_state(self, args: Args) -> dict:
-        """This detector's weights carried over to a network for `args.data`'s classes (engine/transfer.py)."""
-        from .transfer import transfer_weights
-
-        names = list(load_data(args.data).names)
-        with torch.random.fork_rng(devices=[]):  # the re-initialised class layer is the same run to run
-            torch.manual_seed(args.seed)
-            net = build_detector(self.cfg, len(names), pretrained=False)
-        transfer_weights(
-            net, self.net.state_dict(), src_names=self.names, dst_names=names, keep_class_rows=args.keep_class_rows, source=self.source
-        )
-        return net.state_dict()
 
     def val(self, **kwargs) -> dict:
         """Benchmark metrics on the `split` of `data`: COCOeval (COCO, YOLO) or MR⁻²/AP/recall (CrowdHuman)."""
         from .validator import validate
 
-        args = self._args(kwargs, "val")
-        device = self._device(args)
-        spec = load_data(args.data)
-        self._check_names(spec.names, args.data)
+        run = resolve(self, "val", kwargs)
+        args = run.args
+        device = self._device(run)
+        self._check_names(run.data.names, args.data)
         loader = build_dataloader(
-            spec, args.split, imgsz=_square(args.imgsz), max_size=args.max_size, batch=args.batch,
+            run.data, args.split, imgsz=run.imgsz, max_size=args.max_size, batch=args.batch,
             workers=args.workers, shuffle=False, seed=args.seed,
         )  # fmt: skip
         save_dir = increment_path(Path(args.project) / "val" / args.name, exist_ok=args.exist_ok)
         save_dir.mkdir(parents=True, exist_ok=True)
         save_json = True if args.save_json is None else args.save_json  # val writes its detections by default
+        detections = save_dir / ("detections.odgt" if run.data.format == "crowdhuman" else "detections.json")
         metrics = validate(
-            self.net, loader, conf=DEFAULT_CONF["val"] if args.conf is None else args.conf, iou=args.iou, max_det=args.max_det,
-            pre_nms_topk=args.pre_nms_topk, device=device, names=self.names,
-            save_json=save_dir / ("detections.odgt" if spec.format == "crowdhuman" else "detections.json") if save_json else None,
+            self.net, loader, conf=run.conf, iou=args.iou, max_det=args.max_det, pre_nms_topk=args.pre_nms_topk,
+            device=device, names=self.names, save_json=detections if save_json else None,
             verbose=args.verbose, augment=args.augment, half=args.half,
         )  # fmt: skip
         metrics["save_dir"] = str(save_dir)
@@ -178,21 +151,21 @@ class Detector:
 
         if source is not None:
             kwargs["source"] = source
-        args = self._args(kwargs, "predict")
+        run = resolve(self, "predict", kwargs)
+        args = run.args
         if args.source is None:
             raise ValueError(
                 "predict needs a source: an image or video file, folder, glob, .txt list, webcam index, numpy array, "
                 "PIL image or a list of them"
             )
-        device = self._device(args)
-        conf = DEFAULT_CONF["predict"] if args.conf is None else args.conf
-        self._check_baked_nms(conf, args.iou, args.max_det)
+        device = self._device(run)
+        self._check_baked_nms(run.conf, args.iou, args.max_det)
         save_dir = None
         save_json = bool(args.save_json)  # predict writes predictions.json only when asked
         if args.save or args.save_txt or save_json:
             save_dir = increment_path(Path(args.project) / "predict" / args.name, exist_ok=args.exist_ok)
         results = iter_predict(
-            self.net, args.source, imgsz=_square(args.imgsz), max_size=args.max_size, conf=conf, iou=args.iou,
+            self.net, args.source, imgsz=run.imgsz, max_size=args.max_size, conf=run.conf, iou=args.iou,
             max_det=args.max_det, pre_nms_topk=args.pre_nms_topk, classes=args.classes, device=device,
             names=self.names, half=args.half, save=args.save, save_txt=args.save_txt, save_conf=args.save_conf,
             save_json=save_json, save_dir=save_dir, line_width=args.line_width, augment=args.augment,
@@ -217,52 +190,22 @@ class Detector:
 
         nms=True embeds NMS with this call's conf (default: predict's), iou and max_det.
         """
-        from .exporter import FORMATS, NMSSettings, export_onnx, export_torchscript
+        from .exporter import FORMATS, NMSSettings, check_export_args, check_half_device, export_onnx, export_torchscript
         from .openvino_ir import export_openvino
 
         self._pytorch_only("export")
-        args = self._args(kwargs, "export")
-        if args.int8 and (args.format not in ("onnx", "openvino") or args.half or args.nms):
-            raise ValueError("export int8=True applies to format=onnx or openvino without half and nms (NMS runs after the int8 graph)")
-        if args.format not in FORMATS:
-            raise ValueError(f"export format={args.format!r} is not supported; use format=onnx, torchscript or openvino")
-        if args.simplify and args.format != "onnx":
-            raise ValueError("export simplify=True applies to format=onnx only")
-        if args.half and args.format == "openvino":
-            raise ValueError(
-                "export format=openvino keeps float32 weights and chooses the precision at run time: export with half=False "
-                "and predict/val with half=True (bf16 on a CPU with bf16)"
-            )
+        run = resolve(self, "export", kwargs)
+        args = run.args
+        check_export_args(args.format, half=args.half, int8=args.int8, nms=args.nms, simplify=args.simplify)
         # FP16 needs a GPU; the FP32 export traces on the CPU whatever device= says.
         device = select_device(args.device) if args.half else torch.device("cpu")
-        if args.half and device.type != "cuda":
-            raise ValueError(
-                "export half=True needs a CUDA device (FP16 convolutions are not implemented on the CPU): "
-                "pass device=0, or export in FP32 with half=False"
-            )
-        # best.pt -> best.onnx | best.torchscript | best_openvino_model/ beside it; a YAML model under runs/export/
-        suffix = FORMATS[args.format]
-        if self.source.endswith((".pt", ".pth")):
-            file = Path(self.source).with_name(Path(self.source).stem + suffix)
-        else:
-            file = increment_path(Path(args.project) / "export" / args.name, exist_ok=args.exist_ok) / f"{self.cfg.name}{suffix}"
-            file.parent.mkdir(parents=True, exist_ok=True)
-        imgsz = _square(args.imgsz)
-        nms = None
-        if args.nms:
-            conf = DEFAULT_CONF["predict"] if args.conf is None else args.conf
-            nms = NMSSettings(conf=conf, iou=args.iou, max_det=args.max_det, pre_nms_topk=args.pre_nms_topk)
-        metadata = {
-            "names": self.names,
-            "strides": list(self.net.strides),
-            "imgsz": imgsz,
-            "max_size": args.max_size,
-            "stride_multiple": 32,
-            "model": self.cfg.name,
-            "otadet_version": __version__,
-            "date": datetime.now().isoformat(timespec="seconds"),
-        }
-        common = dict(file=file, imgsz=imgsz, dynamic=args.dynamic, nms=nms, half=args.half, metadata=metadata)
+        if args.half:
+            check_half_device(device)
+        file = self._export_file(run, FORMATS[args.format])
+        nms = NMSSettings(conf=run.conf, iou=args.iou, max_det=args.max_det, pre_nms_topk=args.pre_nms_topk) if args.nms else None
+        # The exporter adds what it derives: strides, imgsz, stride_multiple, version, date, export_args, nms.
+        metadata = {"names": self.names, "max_size": args.max_size, "model": self.cfg.name}
+        common = dict(file=file, imgsz=run.imgsz, dynamic=args.dynamic, nms=nms, half=args.half, metadata=metadata)
         self.net.to(device)
         if args.half:
             self.net.half()
@@ -273,18 +216,28 @@ class Detector:
                 file = export_openvino(self.net, folder=common.pop("file"), **common)
             else:
                 file = export_onnx(self.net, opset=args.opset, simplify=args.simplify, **common)
-            return self._quantize(file, args, imgsz) if args.int8 else file
+            return self._quantize(file, run) if args.int8 else file
         finally:
             self.net.float()
 
-    def _quantize(self, file: Path, args, imgsz: int) -> Path:
+    def _export_file(self, run: Run, suffix: str) -> Path:
+        """best.pt -> best.onnx | best.torchscript | best_openvino_model/ beside it; a YAML model under runs/export/."""
+        if self.source.endswith((".pt", ".pth")):
+            return Path(self.source).with_name(Path(self.source).stem + suffix)
+        args = run.args
+        file = increment_path(Path(args.project) / "export" / args.name, exist_ok=args.exist_ok) / f"{self.cfg.name}{suffix}"
+        file.parent.mkdir(parents=True, exist_ok=True)
+        return file
+
+    def _quantize(self, file: Path, run: Run) -> Path:
         """The int8 version next to the float32 `file`, calibrated on `args.data`: the QDQ file
         <name>_int8.onnx (engine/quantize.py), or the IR folder <stem>_int8_openvino_model (nncf, engine/openvino_ir.py)."""
         from .exporter import read_metadata
         from .openvino_ir import quantize_openvino
         from .quantize import calibration_batches, quantize_onnx, write_metadata
 
-        batches = calibration_batches(args.data, imgsz=imgsz, max_size=args.max_size)
+        args = run.args
+        batches = calibration_batches(args.data, imgsz=run.imgsz, max_size=args.max_size)
         if args.format == "openvino":
             return quantize_openvino(file, batches, data=str(args.data))
         int8_file = file.with_name(f"{file.stem}_int8.onnx")
@@ -310,7 +263,6 @@ class Detector:
                 f"({shown}); AP is computed by index, so check that they are the same classes in the same order"
             )
 
-
     def assign(self, source=None, **kwargs) -> list:
         """The paper's Figure 3 for one image: which anchors an assigner makes positive for each gt.
 
@@ -325,9 +277,6 @@ class Detector:
         self._pytorch_only("assign")
         if source is not None:
             kwargs["source"] = source
-        args = self._args(kwargs, "assign")
+        args = resolve(self, "assign", kwargs).args
         trained = Path(self.source).suffix.lower() in (".pt", ".pth")
         return visualise_assignment(self.net, self.cfg, self.names, args, weights=self.source, trained=trained)
-
-def _square(imgsz: int | list[int]) -> int:
-    return imgsz if isinstance(imgsz, int) else max(imgsz)

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from ..utils.log import LOGGER, colorstr
 from ..utils.torch_utils import cpu_bf16_supported
 from .backend import ExportedModel
-from .exporter import FORMATS, NMSSettings, _log_done, export_onnx, read_metadata
+from .exporter import FORMATS, OPENVINO_KEEPS_FP32, NMSSettings, _log_done, export_onnx, read_metadata
 from .quantize import HEAD_LAYERS
 
 __all__ = ["METADATA_FILE", "OpenVINOModel", "export_openvino", "is_openvino", "quantize_openvino", "read_ir_metadata"]
@@ -116,10 +116,7 @@ def export_openvino(
     if not folder.name.endswith(SUFFIX) or folder.name == SUFFIX:
         raise ValueError(f"export: folder {folder} should be named <stem>{SUFFIX}")
     if half:
-        raise ValueError(
-            "export format=openvino keeps float32 weights and chooses the precision at run time: export with half=False "
-            "and predict/val with half=True (bf16 on a CPU with bf16)"
-        )
+        raise ValueError(OPENVINO_KEEPS_FP32)
     stem = folder.name[: -len(SUFFIX)]
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

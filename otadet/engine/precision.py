@@ -30,8 +30,12 @@ from torch import nn
 from ..models.detector import DenseOutputs
 from ..utils.log import LOGGER
 from ..utils.torch_utils import cpu_bf16_supported
+from .backend import ExportedModel
 
-__all__ = ["InferencePrecision", "resolve_precision", "log_precision", "prepared", "forward", "float32_outputs"]
+__all__ = [
+    "InferencePrecision", "resolve_precision", "log_precision", "precision_for", "prepared", "evaluating", "forward",
+    "float32_outputs",
+]  # fmt: skip
 
 
 class InferencePrecision(NamedTuple):
@@ -73,6 +77,31 @@ def log_precision(precision: InferencePrecision, half: bool) -> None:
     """One line where half=True did not give a 16-bit network (the CPU has no bf16)."""
     if half and precision.name == "fp32":
         LOGGER.warning(f"WARNING: {precision.note}")
+
+
+def precision_for(model: nn.Module, half: bool, device: torch.device) -> InferencePrecision:
+    """What `half` means for `model` on `device` (resolve_precision), logged where it gives no 16-bit
+    network; an exported model is told (ONNX/TorchScript: the file's precision, a note where half=True
+    cannot apply; OpenVINO: its bf16 hint)."""
+    exported = isinstance(model, ExportedModel)
+    precision = resolve_precision(half, device, exported=exported)
+    log_precision(precision, half)
+    if exported:
+        model.select_precision(half)
+    return precision
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module, precision: InferencePrecision) -> Iterator[torch.dtype]:
+    """Within: `model` in eval mode with its weights as `precision` needs; yields the dtype to give
+    the inputs. Its training mode and float32 weights are back on the way out."""
+    was_training = model.training
+    model.eval()
+    try:
+        with prepared(model, precision) as input_dtype:
+            yield input_dtype
+    finally:
+        model.train(was_training)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,8 @@ run at the iteration after the one saved: the trainer restores the model, optimi
 GradScaler, EMA, best metric, the RNG states below, and the data position (epoch and batch;
 the order and augmentations are functions of (seed, epoch, image), see sampling.py). The LR
 schedule is a function of the iteration (schedule.py). The run's own train args are reused;
-keys given with resume= override them (e.g. a longer `epochs` extends the schedule).
+keys given with resume= override them (e.g. a longer `epochs` extends the schedule): the
+checkpoint is found and read once, by engine/resolve.py.
 """
 
 import random
@@ -18,15 +19,13 @@ import torch
 
 from torch import nn
 
-from ..config import Args, ConfigError, ModelConfig, default_args
-from ..utils.checkpoint import load_checkpoint
+from ..config import Args, ConfigError, ModelConfig
 from ..utils.dist import any_rank, world_size
 from ..utils.log import LOGGER, colorstr
 from .ema import ModelEMA
 
 __all__ = [
     "resume_checkpoint",
-    "resume_overrides",
     "training_state",
     "restore_training",
     "rng_state",
@@ -53,21 +52,6 @@ def resume_checkpoint(resume: bool | str, source: str | None = None) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"resume={resume!r}: checkpoint {path} does not exist; pass a run folder or a last.pt")
     return path
-
-
-def resume_overrides(overrides: dict, source: str | None = None) -> dict:
-    """Train kwargs to resume with: {**the checkpoint's train args, **overrides}, resume = its path."""
-    path = resume_checkpoint(overrides["resume"], source)
-    saved = load_checkpoint(path).get("train_args", {})
-    known = default_args()
-    dropped = sorted(set(saved) - set(known))
-    if dropped:
-        LOGGER.warning(f"resume: {path} has train args this version does not know, ignored: {dropped}")
-    given = {k: v for k, v in overrides.items() if k != "resume"}
-    changed = {k: (saved[k], v) for k, v in given.items() if k in saved and saved[k] != v}
-    if changed:
-        LOGGER.info("resume: overriding " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
-    return {**{k: v for k, v in saved.items() if k in known}, **given, "resume": str(path)}
 
 
 def training_state(

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..datasets.loader import padded_side
 from ..models.detector import DenseOutputs
 from ..postprocess import dense_scores, nms
 
@@ -38,7 +39,6 @@ TTA_RATIOS = tuple(s / REFERENCE_SIZE for s in (400, 500, 600, 700, 800, 900, 10
 # Per ratio: (min, max) sqrt(box area) in that pass's input pixels, at a shorter side of 800.
 TTA_SIZE_RANGES = ((96, math.inf), (96, math.inf), (64, math.inf), (64, math.inf), (0, math.inf),
                    (0, math.inf), (0, math.inf), (0, 256), (0, 256))  # fmt: skip
-SIZE_DIVISIBLE = 32  # pad each pass as the loader pads (collate)
 
 
 class TTAPass(NamedTuple):
@@ -65,8 +65,7 @@ def resize_batch(images: Tensor, sizes: Tensor, ratio: float, flip: bool = False
     """
     hw = [(int(h), int(w)) for h, w in sizes.tolist()]
     new = [(max(int(round(h * ratio)), 1), max(int(round(w * ratio)), 1)) for h, w in hw]
-    height = -(-max(h for h, _ in new) // SIZE_DIVISIBLE) * SIZE_DIVISIBLE
-    width = -(-max(w for _, w in new) // SIZE_DIVISIBLE) * SIZE_DIVISIBLE
+    height, width = padded_side(max(h for h, _ in new)), padded_side(max(w for _, w in new))  # as the loader pads
     out = images.new_zeros((images.shape[0], images.shape[1], height, width))  # (B, 3, H', W')
     for k, ((h, w), (nh, nw)) in enumerate(zip(hw, new)):  # per image: each has its own size
         region = images[k : k + 1, :, :h, :w]

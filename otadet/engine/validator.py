@@ -23,11 +23,9 @@ from tqdm import tqdm
 
 from ..datasets.crowdhuman import is_ignore as crowdhuman_ignored
 from ..metrics import crowdhuman
-from ..postprocess import dense_scores, nms
 from ..utils.log import LOGGER
-from .backend import ExportedModel
-from .precision import forward, log_precision, prepared, resolve_precision
-from .tta import tta_detect
+from .inference import detect, device_time, to_original
+from .precision import InferencePrecision, evaluating, forward, precision_for
 
 __all__ = ["METRIC_KEYS", "CROWDHUMAN_KEYS", "coco_evaluate", "validate", "input_sizes"]
 
@@ -109,13 +107,6 @@ def input_sizes(orig_sizes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return torch.round(orig_sizes.double() * scales.double()[:, None]).clamp(min=1)  # (B, 2)
 
 
-def _sync(device: torch.device) -> float:
-    """Wall time after the device has finished its queued work (CUDA runs asynchronously)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 def _format_row(name: str, images: int, instances: int, values: dict[str, float]) -> str:
     # '-' where COCOeval has no value (nan per class, -1 overall: no gts of that size).
     cells = "".join(f"{f'{values[k]:.3f}' if values[k] >= 0 else '-':>8}" for k in _TABLE_KEYS)
@@ -141,7 +132,7 @@ def validate(
     """Benchmark metrics of `model` (already on `device`) over `loader` (a DetectionDataset loader).
 
     Per batch: model -> dense_scores -> nms (clipped to each unpadded input) -> boxes mapped back
-    to the annotation's pixels. Then, on the images seen: COCO/YOLO data -> COCOeval, returning
+    to the annotation's pixels (engine/inference.py, as predict does). Then, on the images seen: COCO/YOLO data -> COCOeval, returning
     METRIC_KEYS floats and 'per_class' {name: AP}; CrowdHuman -> CROWDHUMAN_KEYS floats. Both
     add 'images', 'instances' and 'speed' {preprocess, inference, postprocess} in ms per image,
     and print a table (per class too if verbose). `save_json` writes the detections there: a
@@ -156,56 +147,10 @@ def validate(
             "build it with otadet.datasets.loader.build_dataloader"
         )
     names = dict(enumerate(names)) if not isinstance(names, dict) else names
-    was_training = model.training
-    model.eval()
-    precision = resolve_precision(half, device, exported=isinstance(model, ExportedModel))
-    log_precision(precision, half)
-    if isinstance(model, ExportedModel):  # ONNX/TorchScript: the file's precision; OpenVINO: its hint
-        model.select_precision(half)
-    restore = contextlib.ExitStack()  # closed in `finally`: float32 weights back after a CUDA half run
-    input_dtype = restore.enter_context(prepared(model, precision))
-
-    detections: dict[int, torch.Tensor] = {}  # image id -> (N, 6) x1 y1 x2 y2 score label, annotation pixels
-    times = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
-    bar = tqdm(loader, desc="val", bar_format="{l_bar}{bar:20}{r_bar}", leave=False)
-    start = time.perf_counter()
-    try:
-        for batch in bar:
-            batch = batch.to(device)
-            t_pre = _sync(device)
-            outputs = forward(model, batch.images.to(input_dtype), precision)  # float32 outputs
-            t_infer = _sync(device)
-            sizes = input_sizes(batch.orig_sizes, batch.scales)  # (B, 2) h, w
-            if augment:  # + 17 scaled/flipped passes, one NMS over all (engine/tta.py); timed as postprocess
-                kw = dict(conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk, plain=outputs)
-                kept = tta_detect(model, batch.images, sizes, **kw)
-            else:
-                scores = dense_scores(outputs.cls_logits, outputs.iou_logits)  # (B, A, C)
-                kept = nms(
-                    outputs.boxes, scores, conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk,
-                    image_sizes=sizes.to(outputs.boxes.dtype),
-                )  # fmt: skip
-            for k, dets in enumerate(kept):
-                image_id = int(batch.image_ids[k])
-                if image_id in detections:  # an unreadable file makes the dataset repeat the next image
-                    continue
-                # Input pixels -> annotation pixels by the exact per-axis ratio (the resize rounds
-                # each side; the annotation's size also covers a file of another size).
-                ann_h, ann_w = dataset.image_size(image_id)
-                h, w = sizes[k].tolist()
-                ratio = torch.tensor([ann_w / w, ann_h / h] * 2, dtype=torch.float64)
-                dets = dets.double().cpu()  # (N, 6)
-                detections[image_id] = torch.cat((dets[:, :4] * ratio, dets[:, 4:]), 1)
-            t_post = time.perf_counter()
-            times["preprocess"] += t_pre - start
-            times["inference"] += t_infer - t_pre
-            times["postprocess"] += t_post - t_infer
-            start = time.perf_counter()
-    finally:
-        bar.close()
-        restore.close()
-        model.train(was_training)
-
+    precision = precision_for(model, half, device)
+    thresholds = dict(conf=conf, iou=iou, max_det=max_det, pre_nms_topk=pre_nms_topk)
+    with evaluating(model, precision) as input_dtype:
+        detections, times = _detect_all(model, loader, precision, input_dtype, device, thresholds, augment)
     speed = {k: 1000 * v / max(len(detections), 1) for k, v in times.items()}
     score = _crowdhuman_metrics if dataset.format == "crowdhuman" else _coco_metrics
     metrics = score(dataset, detections, names=names, save_json=save_json, verbose=verbose)
@@ -214,6 +159,42 @@ def validate(
         f"{speed['postprocess']:.1f}ms postprocess per image ({len(detections)} images)"
     )
     return {**metrics, "speed": speed}
+
+
+def _detect_all(
+    model: nn.Module, loader, precision: InferencePrecision, input_dtype: torch.dtype, device: torch.device, thresholds: dict,
+    augment: bool,
+) -> tuple[dict[int, torch.Tensor], dict[str, float]]:  # fmt: skip
+    """Every image's detections in annotation pixels, image id -> (N, 6) x1 y1 x2 y2 score label
+    (float64, unclipped), and the seconds spent on each stage."""
+    detections: dict[int, torch.Tensor] = {}
+    times = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
+    bar = tqdm(loader, desc="val", bar_format="{l_bar}{bar:20}{r_bar}", leave=False)
+    start = time.perf_counter()
+    try:
+        for batch in bar:
+            batch = batch.to(device)
+            t_pre = device_time(device)
+            outputs = forward(model, batch.images.to(input_dtype), precision)  # float32 outputs
+            t_infer = device_time(device)
+            sizes = input_sizes(batch.orig_sizes, batch.scales)  # (B, 2) h, w
+            # augment: + 17 scaled/flipped passes, one NMS over all (engine/tta.py); timed as postprocess
+            kept = detect(model, batch.images, outputs, sizes, **thresholds, augment=augment)
+            for k, dets in enumerate(kept):
+                image_id = int(batch.image_ids[k])
+                if image_id in detections:  # an unreadable file makes the dataset repeat the next image
+                    continue
+                # The annotation's size also covers a file of another size.
+                annotation_hw = loader.dataset.image_size(image_id)
+                detections[image_id] = to_original(dets, sizes[k].tolist(), annotation_hw, dtype=torch.float64, clip=False)
+            t_post = time.perf_counter()
+            times["preprocess"] += t_pre - start
+            times["inference"] += t_infer - t_pre
+            times["postprocess"] += t_post - t_infer
+            start = time.perf_counter()
+    finally:
+        bar.close()
+    return detections, times
 
 
 def _save(save_json: Path | None, text: str, count: int) -> None:
