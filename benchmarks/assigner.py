@@ -16,7 +16,8 @@ A second table reports the Sinkhorn early stop (`tol`) against the official fixe
 iterations: iterations run, speed, marginal error and the anchors whose assignment differs.
 `--scaling` prints instead how the batched assigner's time and peak memory per image grow
 with the gts per image (1 to 500, at 800x1333), beside the (gt, candidate) pairs and G*A: the
-cost should follow the pairs, never G*A*C.
+cost should follow the pairs, never G*A*C; its last column splits one call's time between the
+centre prior, the problem's costs and the solve.
 Peak memory: CUDA max_memory_allocated on a GPU; on the CPU the process's peak resident set
 growth (VmHWM after a reset through /proc/self/clear_refs, Linux only; pages freed by an
 earlier case can hide part of a later one's growth, so treat CPU figures as lower bounds).
@@ -219,15 +220,59 @@ def scaling_table(device: torch.device, repeat: int, threads: int, batch_size: i
         gen = torch.Generator().manual_seed(G)
         batches[G] = tuple(t.to(device) for t in pad_batch([random_scene(gen, G, points, strides, 80) for _ in range(batch_size)]))
     seconds, results = median_seconds({G: lambda b=b: ota(pts, st, *b) for G, b in batches.items()}, device, repeat)
-    print("| gts / image | (gt, candidate) pairs / image | G*A / image | ms / image | x of 1 gt | peak MiB / image | sparse | iters |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| gts / image | (gt, candidate) pairs / image | G*A / image | ms / image | x of 1 gt | peak MiB / image | sparse | iters | "
+          "share: prior / problem / solve |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for G, batch in batches.items():
         pairs = centre_candidates(pts, st, batch[2], radius=2.5, margin=0.01).sum().item() / batch_size
         mem = sampled_peak_mib(lambda: ota(pts, st, *batch), device)
         stats = results[G].stats
         print(f"| {G} | {pairs:.0f} | {G * points.shape[0]} | {1e3 * seconds[G] / batch_size:.1f} | "
               f"{seconds[G] / seconds[SCALING_GTS[0]]:.1f} | {mem / batch_size:.1f} | {int(stats['sparse'])} | "
-              f"{int(stats['sinkhorn_iters'])} |")  # fmt: skip
+              f"{int(stats['sinkhorn_iters'])} | {stage_shares(lambda: ota(pts, st, *batch), device)} |")  # fmt: skip
+
+
+STAGES = ("prior_candidates", "_problem")  # functions of otadet.assign.ota timed by stage_shares, with the SOLVERS
+
+
+def stage_shares(fn, device: torch.device) -> str:
+    """One call of fn with the assigner's stages timed: the shares of its time in the centre
+    prior (B, G, A), the problem's costs over (B, G, K) and the solve, as 'a% / b% / c%'
+    ('n/a' for a package without these stages, e.g. before issue 13's refactor)."""
+    module = sys.modules[ota.__module__]
+    if not all(hasattr(module, name) for name in STAGES + ("SOLVERS",)):
+        return "n/a"
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    spent = {"prior_candidates": 0.0, "_problem": 0.0, "solve": 0.0}
+
+    def timed(original, key):
+        def run(*args, **kwargs):
+            sync()
+            start = time.perf_counter()
+            out = original(*args, **kwargs)
+            sync()
+            spent[key] += time.perf_counter() - start
+            return out
+
+        return run
+
+    originals = {name: getattr(module, name) for name in STAGES}
+    solvers = dict(module.SOLVERS)
+    try:
+        for name, original in originals.items():
+            setattr(module, name, timed(original, name))
+        module.SOLVERS.update({key: timed(solve, "solve") for key, solve in solvers.items()})
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        total = time.perf_counter() - start
+    finally:
+        for name, original in originals.items():
+            setattr(module, name, original)
+        module.SOLVERS.update(solvers)
+    # _problem's time includes nothing of the solve (the solver runs after it returns).
+    return " / ".join(f"{100 * spent[key] / total:.0f}%" for key in ("prior_candidates", "_problem", "solve"))
 
 
 if __name__ == "__main__":
