@@ -96,4 +96,28 @@ class OTADetector(nn.Module):
 
 def build_fpn(in_channels: list[int], channels: int) -> FeaturePyramidNetwork:
     """torchvision's FPN over C3-C5, with P6/P7 by stride-2 convs from P5 (FCOS)."""
-    return FeaturePyramidNetwork(in_channels, channels, extra_blocks=LastLevelP6P7(channels, channels))
+    return FeaturePyramidNetwork(in_channels, channels, extra_blocks=P6P7(channels, channels))
+
+
+class P6P7(LastLevelP6P7):
+    """torchvision's LastLevelP6P7 (same weights, same keys), except that under CPU autocast a
+    P6/P7 convolution whose input is narrower or shorter than its stride runs in float32.
+
+    oneDNN's bf16 weight gradient of a stride-2 convolution over an input of width 1 is
+    garbage (torch 2.14.1 on an AMD Zen 4 CPU with AVX512-BF16: inf/NaN or values ~1e37 in about
+    half the trials, the forward itself right; tests/models/test_fpn.py), so an `amp=true` CPU
+    step over a batch whose P6 map is 1 wide (padded inputs <= 64 px wide) would train P7 on
+    noise. float32 costs nothing there: such a map holds a few values.
+    """
+
+    def forward(self, p: list[Tensor], c: list[Tensor], names: list[str]) -> tuple[list[Tensor], list[str]]:
+        p6 = _conv_exact_at_small_maps(self.p6, p[-1] if self.use_P5 else c[-1])
+        p7 = _conv_exact_at_small_maps(self.p7, torch.relu(p6))
+        return p + [p6, p7], names + ["p6", "p7"]
+
+
+def _conv_exact_at_small_maps(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and min(x.shape[-2:]) < max(conv.stride):
+        with torch.autocast("cpu", enabled=False):
+            return conv(x.float())
+    return conv(x)

@@ -35,15 +35,11 @@ def tiny():
     return cfg, build_detector(cfg, 4).to(memory_format=torch.channels_last)
 
 
-# bf16 on the CPU: in a full fresh-clone run (not alone, not in a partial run) the one step leaves
-# non-finite weights, which the finite-weights check reports; the cause, some state an earlier test
-# leaves behind, is not found yet (see the issue 14 note). Not strict: it passes when run alone.
-_BF16_OPEN = pytest.mark.xfail(reason="order-dependent non-finite bf16 CPU step, cause not found", raises=FloatingPointError, strict=False)
-
-
-@pytest.mark.parametrize(
-    "dtype", [pytest.param(torch.bfloat16, marks=_BF16_OPEN), torch.float16], ids=["bf16", "fp16+scaler"]
-)
+# bf16 ran xfail until 2026-12-02: on these 64x64 images P6 is 1x1, and oneDNN's bf16 weight
+# gradient of the stride-2 P7 convolution over it was garbage in about half the runs (most likely
+# memory the kernel leaves unset, hence "order-dependent"). P6P7 (tests/models/test_fpn.py) runs
+# that convolution in float32; this test is strict again.
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16+scaler"])
 def test_autocast_forward_float32_losses(dtype, tiny):
     cfg, net = tiny[0], copy.deepcopy(tiny[1])
     criterion = build_criterion(cfg, 4)
