@@ -16,7 +16,7 @@ A second table reports the Sinkhorn early stop (`tol`) against the official fixe
 iterations: iterations run, speed, marginal error and the anchors whose assignment differs.
 `--scaling` prints instead how the batched assigner's time and peak memory per image grow
 with the gts per image (1 to 500, at 800x1333), beside the (gt, candidate) pairs and G*A: the
-cost should follow the pairs, never G*A*C; its last column splits one call's time between the
+cost should follow the pairs, never G*A*C; its last column splits the time of `--repeat` more calls between the
 centre prior, the problem's costs and the solve.
 Peak memory: CUDA max_memory_allocated on a GPU; on the CPU the process's peak resident set
 growth (VmHWM after a reset through /proc/self/clear_refs, Linux only; pages freed by an
@@ -56,9 +56,14 @@ def _rss_kib(field: str) -> int | None:
     return None
 
 
+def device_sync(device: torch.device):
+    """A function that waits for `device` (torch.cuda.synchronize on a GPU, nothing on the CPU)."""
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
 def peak_memory(fn, device: torch.device) -> tuple[float | None, object]:
     """Peak extra memory of one call in MiB (None where it cannot be read), and its result."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = device_sync(device)
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -85,7 +90,7 @@ def median_seconds(fns: dict, device: torch.device, repeat: int) -> tuple[dict, 
     alike, and every one runs in the same warmed process (on the CPU the first calls of a
     process ran up to 2x slower than the same calls later in it).
     """
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = device_sync(device)
     times, results = {name: [] for name in fns}, {}
     for round_ in range(repeat + 1):
         for name, fn in fns.items():
@@ -229,20 +234,20 @@ def scaling_table(device: torch.device, repeat: int, threads: int, batch_size: i
         stats = results[G].stats
         print(f"| {G} | {pairs:.0f} | {G * points.shape[0]} | {1e3 * seconds[G] / batch_size:.1f} | "
               f"{seconds[G] / seconds[SCALING_GTS[0]]:.1f} | {mem / batch_size:.1f} | {int(stats['sparse'])} | "
-              f"{int(stats['sinkhorn_iters'])} | {stage_shares(lambda: ota(pts, st, *batch), device)} |")  # fmt: skip
+              f"{int(stats['sinkhorn_iters'])} | {stage_shares(lambda: ota(pts, st, *batch), device, repeat)} |")  # fmt: skip
 
 
 STAGES = ("prior_candidates", "_problem")  # functions of otadet.assign.ota timed by stage_shares, with the SOLVERS
 
 
-def stage_shares(fn, device: torch.device) -> str:
-    """One call of fn with the assigner's stages timed: the shares of its time in the centre
+def stage_shares(fn, device: torch.device, calls: int) -> str:
+    """`calls` calls of fn with the assigner's stages timed: the shares of their time in the centre
     prior (B, G, A), the problem's costs over (B, G, K) and the solve, as 'a% / b% / c%'
     ('n/a' for a package without these stages, e.g. before issue 13's refactor)."""
     module = sys.modules[ota.__module__]
     if not all(hasattr(module, name) for name in STAGES + ("SOLVERS",)):
         return "n/a"
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = device_sync(device)
     spent = {"prior_candidates": 0.0, "_problem": 0.0, "solve": 0.0}
 
     def timed(original, key):
@@ -264,7 +269,8 @@ def stage_shares(fn, device: torch.device) -> str:
         module.SOLVERS.update({key: timed(solve, "solve") for key, solve in solvers.items()})
         sync()
         start = time.perf_counter()
-        fn()
+        for _ in range(calls):
+            fn()
         sync()
         total = time.perf_counter() - start
     finally:
