@@ -16,8 +16,8 @@ A second table reports the Sinkhorn early stop (`tol`) against the official fixe
 iterations: iterations run, speed, marginal error and the anchors whose assignment differs.
 `--scaling` prints instead how the batched assigner's time and peak memory per image grow
 with the gts per image (1 to 500, at 800x1333), beside the (gt, candidate) pairs and G*A: the
-cost should follow the pairs, never G*A*C; its last column splits the time of `--repeat` more calls between the
-centre prior, the problem's costs and the solve.
+cost should follow the pairs, never G*A*C; its last column splits the time of `--repeat` more
+calls between the centre prior, the problem's costs and the solve.
 Peak memory: CUDA max_memory_allocated on a GPU; on the CPU the process's peak resident set
 growth (VmHWM after a reset through /proc/self/clear_refs, Linux only; pages freed by an
 earlier case can hide part of a later one's growth, so treat CPU figures as lower bounds).
@@ -248,7 +248,7 @@ def stage_shares(fn, device: torch.device, calls: int) -> str:
     if not all(hasattr(module, name) for name in STAGES + ("SOLVERS",)):
         return "n/a"
     sync = device_sync(device)
-    spent = {"prior_candidates": 0.0, "_problem": 0.0, "solve": 0.0}
+    spent = dict.fromkeys(STAGES + ("solve",), 0.0)
 
     def timed(original, key):
         def run(*args, **kwargs):
@@ -278,7 +278,7 @@ def stage_shares(fn, device: torch.device, calls: int) -> str:
             setattr(module, name, original)
         module.SOLVERS.update(solvers)
     # _problem's time includes nothing of the solve (the solver runs after it returns).
-    return " / ".join(f"{100 * spent[key] / total:.0f}%" for key in ("prior_candidates", "_problem", "solve"))
+    return " / ".join(f"{100 * seconds / total:.0f}%" for seconds in spent.values())
 
 
 if __name__ == "__main__":
